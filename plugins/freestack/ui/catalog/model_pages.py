@@ -86,6 +86,13 @@ class ModelPage(BaseModel):
 
     @computed_field
     @property
+    def latest(self) -> str | None:
+        """What ``latest`` names (:meth:`freestack.registry.core.ModelRegistry.latest`): the newest version the
+        gate did not block; None when it blocked every one."""
+        return next((r.version for r in reversed(self.versions) if r.gate.decision != "blocked"), None)
+
+    @computed_field
+    @property
     def key(self) -> str:
         """The name in its pages' addresses (``/models/<key>``): its pipeline's, else its model's."""
         return self.pipeline or self.model
