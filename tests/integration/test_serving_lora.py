@@ -383,7 +383,7 @@ def test_a_runtime_adapter_is_read_only_from_bounded_regular_files_and_never_bre
     too large, or an outside file; weights that are a pickle, truncated, with a huge header length, offsets
     past the end, or NaN; a name the model, an alias or a registered version already has. Each is a 400 in
     OpenAI's format naming what is wrong, at once (no read hangs or grows), and after each the server is
-    ready and answers a valid request exactly as before."""
+    ready and answers a valid request exactly as before; then SIGTERM stops it within a kubelet's grace."""
     import os
     import struct
 
@@ -454,3 +454,8 @@ def test_a_runtime_adapter_is_read_only_from_bounded_regular_files_and_never_bre
     answered = _ask(client, MODEL, SMOKE_PROMPTS[0])  # the model's own name is still its own
     assert answered.model in (f"{MODEL}:v1", f"{MODEL}:v2"), answered.model
     assert "Traceback" not in server.log()[-20000:]
+    # last in the module: with runtime adapters loaded and those folders refused, SIGTERM ends the server
+    # by itself within a kubelet's grace (30 s), its engine and every thread stopped
+    began = time.monotonic()
+    assert server.stop(timeout=25) is not None, f"killed after 25 s: {server.log()[-3000:]}"
+    print(f"SIGTERM to exit, with {MAX_ADAPTERS} adapters' room: {time.monotonic() - began:.1f} s")

@@ -715,11 +715,49 @@ MESSAGE = st.fixed_dictionaries(
     {"role": st.sampled_from(["user", "system", "assistant", "developer", "tool", "robot"]) | ANY},
     optional={"content": TEXT | st.lists(ANY, max_size=2) | ANY, "name": ANY},
 )
+#: a completion's prompt as token ids: the vocabulary's, past the model's rows (a tiny model has a few
+#: hundred), and past 32 and 64 bits
+IDS = st.lists(
+    st.integers(0, 1024) | st.sampled_from([-1, 2**31 - 1, 2**31, 2**63 - 1]), min_size=1, max_size=4
+)
+#: schemas a client may send: valid ones, one with $defs/$ref (as pydantic writes a nested model), and
+#: ones refused before generating (no finite instance; a pattern past the lexer's bounds)
+NESTED = {
+    "type": "object",
+    "properties": {"p": {"$ref": "#/$defs/P"}},
+    "required": ["p"],
+    "$defs": {"P": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}},
+}
+SCHEMAS = (
+    st.sampled_from(
+        [
+            {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+            NESTED,
+            {"type": "object", "properties": {"n": {"$ref": "#"}}, "required": ["n"]},
+            {"type": "string", "pattern": "^(a{1000}){1000}$"},
+        ]
+    )
+    | ANY
+)
+JSON_SCHEMA = st.builds(
+    lambda schema, strict: {
+        "type": "json_schema",
+        "json_schema": {"name": "out", "schema": schema, "strict": strict},
+    },
+    SCHEMAS,
+    st.booleans() | ANY,
+)
+TOOLS = st.lists(
+    st.sampled_from([ADD])
+    | st.builds(lambda p: {"type": "function", "function": {"name": "make", "parameters": p}}, SCHEMAS),
+    min_size=1,
+    max_size=2,
+)
 #: the fields the OpenAI routes take, each from values near the valid ones or from any JSON at all
 FIELDS = {
     "model": st.sampled_from([MODEL, f"{MODEL}:v1", f"{MODEL}@production", f"{MODEL}:..", "other", ""]) | ANY,
     "messages": st.lists(MESSAGE, max_size=3) | ANY,
-    "prompt": TEXT | st.lists(TEXT, max_size=3) | ANY,
+    "prompt": TEXT | st.lists(TEXT, max_size=3) | IDS | st.lists(IDS, min_size=1, max_size=2) | ANY,
     "max_tokens": st.integers(-2, MAX_NEW + 2) | ANY,
     "temperature": st.floats(-1, 3) | ANY,
     "top_p": st.floats(-0.5, 1.5) | ANY,
@@ -729,9 +767,12 @@ FIELDS = {
     "seed": st.integers(-5, 5) | ANY,
     "logit_bias": ANY,
     "stream_options": ANY,
-    "tools": ANY | st.just([ADD]),
-    "tool_choice": st.sampled_from(["none", "auto", "required"]) | ANY,
-    "response_format": st.sampled_from([{"type": "json_object"}, {"type": "text"}]) | ANY,
+    "tools": ANY | TOOLS,
+    "tool_choice": st.sampled_from(
+        ["none", "auto", "required", {"type": "function", "function": {"name": "make"}}]
+    )
+    | ANY,
+    "response_format": st.sampled_from([{"type": "json_object"}, {"type": "text"}]) | JSON_SCHEMA | ANY,
     "logprobs": st.booleans() | st.integers(-1, 6) | ANY,
     "top_logprobs": st.integers(-1, 21) | ANY,
 }
@@ -797,7 +838,7 @@ def _send(server: ImageServer, path: str, body: Any) -> tuple[int, str, str]:
 def test_no_request_gets_a_5xx_or_keeps_the_next_from_its_right_answer(server, reference, request):
     """Any request to the OpenAI or V2 routes, of fields near the valid ones or of any JSON: never a 5xx,
     never an error that is not JSON in the route's error shape; and the next valid request is answered
-    exactly as the version answers it."""
+    exactly as the version answers it, the server ready."""
     path, body = request
     code, kind, text = _send(server, path, body)
     assert code < 500, (path, body, code, text[:500])
@@ -809,7 +850,7 @@ def test_no_request_gets_a_5xx_or_keeps_the_next_from_its_right_answer(server, r
             assert isinstance(error, str) and error, error
     elif "text/event-stream" in kind:
         assert text.rstrip().endswith("data: [DONE]"), text[-300:]
-    assert _checked_answer(server) == reference
+    assert _checked_answer(server) == reference and _ready(server)
 
 
 #: the valid request sent after each fuzzed one (greedy: the same answer each time)
