@@ -190,11 +190,14 @@ class Engine:
         self.waiting: deque[tuple[str, asyncio.Future]] = deque()  # requests of other adapters, oldest first
         self.restarts: deque[float] = deque(maxlen=RESTARTS)  # when the loop was last started again
         self.watching = False  # a watch starts a dead loop again (requests wait for it a moment)
+        self.stopped = False  # stop() was called: a loop that ends now is not started again
+        self._swap = threading.Lock()  # one of stop() and a watch's restart() at a time
 
     def start(self) -> None:
         from transformers import ContinuousBatchingConfig, GenerationConfig
 
         _route_library_logs()
+        self.stopped = False
 
         config = GenerationConfig(
             do_sample=True,
@@ -216,9 +219,12 @@ class Engine:
         self.manager.start()
 
     def stop(self) -> None:
-        if self.manager is not None:
-            self.manager.stop(block=True)
-            self.manager = None
+        """Stop the loop for good (the server stopping, a run ending): a watch does not start it again."""
+        self.stopped = True
+        with self._swap:
+            if self.manager is not None:
+                self.manager.stop(block=True)
+                self.manager = None
 
     def paused(self) -> contextlib.AbstractContextManager:
         """The generation loop paused while the model is used or changed on another thread (the library's
@@ -260,7 +266,7 @@ class Engine:
             self.watching = False
 
     async def _watch(self, on_failure: Callable[[str], None], every: float) -> None:
-        while self.manager is not None:
+        while self.manager is not None and not self.stopped:
             why = self.failure()
             if why is None:
                 await asyncio.sleep(every)
@@ -271,6 +277,8 @@ class Engine:
                     "the generation engine died %d times in %.0f s: %s", RESTARTS + 1, RESTART_WINDOW_S, why
                 )
                 on_failure(why)
+                return
+            if self.stopped:  # the loop ended because the engine is stopping
                 return
             log.error("the generation loop died (%s): its requests failed; starting it again", why)
             self.restarts.append(now)
@@ -284,13 +292,17 @@ class Engine:
         return self.alive()
 
     def restart(self) -> None:
-        """A new generation loop on the same model, in place of a dead one."""
-        dead, self.manager = self.manager, None
-        try:
-            dead.stop(block=True, timeout=5)
-        except Exception as exc:  # noqa: BLE001 - a dead loop's own stop may fail: it is dropped all the same
-            log.warning("stopping the dead generation loop: %s: %s", type(exc).__name__, exc)
-        self.start()
+        """A new generation loop on the same model, in place of a dead one; none once :meth:`stop` was
+        called (a loop that ends while the server stops is not dead)."""
+        with self._swap:
+            if self.stopped or self.manager is None:
+                return
+            dead, self.manager = self.manager, None
+            try:
+                dead.stop(block=True, timeout=5)
+            except Exception as exc:  # noqa: BLE001 - a dead loop's own stop may fail: it is dropped all the same
+                log.warning("stopping the dead generation loop: %s: %s", type(exc).__name__, exc)
+            self.start()
 
     async def stream(
         self,
