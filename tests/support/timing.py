@@ -26,6 +26,14 @@ DURATIONS = Path(__file__).resolve().parents[1] / "durations.json"
 ALLOWED_SKIPS = re.compile(
     r"no Kubernetes cluster|on the cluster of|needing what the sandbox lacks|no Hugging Face Hub account"
 )
+#: test phases allowed past the budget, each with its measured time and why: to be brought back under it,
+#: never added to without both
+_DOCS = "tests/e2e/test_docs_commands.py::test_every_documented_command_runs_as_printed"
+OVER_BUDGET = {
+    # the instruction-tuning tutorial's GRPO step: its check waits for the run it triggers (6 epochs of 16
+    # answers sampled a prompt, the evaluation, the deploy): 193 s in a clean-clone run on 2 cores
+    f"{_DOCS}[docs/tutorials/instruction-tune.md#10]": 240.0,
+}
 #: the cost given to a test file that ``tests/durations.json`` does not list yet
 UNKNOWN_FILE_S = 10_000.0
 
@@ -81,7 +89,7 @@ class Timing:
 
     def pytest_runtest_logreport(self, report) -> None:
         self.per_file[scope_of(report.nodeid, {})] += report.duration
-        if self.budget and report.duration > self.budget:
+        if self.budget and report.duration > OVER_BUDGET.get(report.nodeid, self.budget):
             self.over.append(f"{report.nodeid} ({report.when}): {report.duration:.1f} s")
         if report.skipped and self.forbid_skips and not hasattr(report, "wasxfail"):
             reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
