@@ -13,9 +13,9 @@ so every answer runs to ``--max-new-tokens`` on every side). Sides, in one proce
 
 - ``padded``: the score task's ``batching: padded``: prompts built as the task builds them (the version's
   chat template, its prompt budget), sorted by length, left-padded batches of ``--batch-size`` through
-  ``freestack.ml.generation.generate_ids``.
+  ``freestack.ml.lm.sampling.generate_ids``.
 - ``continuous``: the score task's ``batching: continuous``: the model server's continuous batching
-  (``freestack.ml.engine.Engine``), every prompt's answer awaited on one event loop.
+  (``freestack.ml.lm.engine.Engine``), every prompt's answer awaited on one event loop.
 - ``plain`` (the baseline): ``AutoModelForCausalLM`` and ``AutoTokenizer`` from the version's folder,
   ``apply_chat_template``, prompts sorted by length, tokenized with left padding in batches of
   ``--batch-size``, ``model.generate`` (greedy), decoded.
@@ -43,9 +43,11 @@ SIDES = ("padded", "continuous", "plain")
 def freestack_side(uri: str, batching: str, prompts: list[str], args) -> tuple[list[str], int, float]:
     """The score task's answers to ``prompts`` with ``batching``: their texts, the tokens generated, and the
     seconds from the prompts' building to the last answer (the model's loading not counted)."""
-    from freestack.ml.generation import ChatColumns, GenerationSettings, prompt_ids
+    from freestack.ml.lm.answers import GenerationSettings
+    from freestack.ml.lm.chat import ChatColumns
+    from freestack.ml.lm.prompts import prompt_ids
     from freestack.score.answers_writer import answerer
-    from freestack.score.core import ScoringModel
+    from freestack.score.model import ScoringModel
     from freestack.score.spec import GenerationScore
 
     model = ScoringModel(uri, "cpu")

@@ -34,7 +34,7 @@ against a plain ``model.generate`` loop in-process with the same batching, on th
    tokenize with left padding, ``model.generate`` (greedy, the same ``max_new_tokens``), decode; the same
    torch threads. Per batch: its latency (each of its requests'), the completion tokens (up to an end
    token). In the same process, with the same batches: ``inproc_generate``, freestack's own
-   ``freestack.ml.generation.generate`` (what both servers call), a diagnostic that splits a server's gap
+   ``freestack.ml.lm.sampling.generate`` (what both servers call), a diagnostic that splits a server's gap
    into the generation core's part and the server's own.
 5. ``--repeats`` rounds, the order of the sides alternating. Summary per side and concurrency: median
    tokens/s over rounds, p50/p99 latency over every request of every round, tokens per CPU second (the
@@ -115,7 +115,9 @@ def make_version(work: Path, size: str) -> tuple[str, Path, dict[str, Any]]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from freestack.ml.generation import CausalLMNet, ChatColumns, save_tokenizer
+    from freestack.ml.lm.causal import CausalLMNet
+    from freestack.ml.lm.chat import ChatColumns
+    from freestack.ml.lm.prompts import save_tokenizer
     from freestack.registry.core import ModelRegistry
 
     tok = make_tokenizer()
@@ -260,7 +262,9 @@ def child_inproc(args: argparse.Namespace) -> None:
 
     answerers = {"baseline": plain}
     if "inproc_generate" in args.modes:
-        from freestack.ml.generation import GenerationSettings, generate, load_tokenizer
+        from freestack.ml.lm.answers import GenerationSettings
+        from freestack.ml.lm.prompts import load_tokenizer
+        from freestack.ml.lm.sampling import generate
 
         ftok = load_tokenizer(folder)
         config = json.loads((Path(folder) / "generation_config.json").read_text())
@@ -761,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline": "AutoModelForCausalLM + AutoTokenizer of the same folder in a fresh process (the first runtime's "
         "Python), apply_chat_template, left padding, model.generate(do_sample=False), decode; batches "
         "of c prompts in order",
-        "inproc_generate": "diagnostic: freestack.ml.generation.generate (what both servers call) on the same model "
+        "inproc_generate": "diagnostic: freestack.ml.lm.sampling.generate (what both servers call) on the same model "
         "object, in the same process as the baseline and with the same batches: the gap between "
         "it and a server is the server's, between it and the baseline the generation core's",
         "inproc_env": inproc_libs,

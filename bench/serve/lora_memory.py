@@ -62,7 +62,9 @@ def make_versions(work: Path, size: str, n: int) -> tuple[str, dict[str, Any]]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from bench.serve.generation import MAX_LENGTH, make_tokenizer
-    from freestack.ml.generation import CausalLMNet, ChatColumns, add_causal_lora, save_tokenizer
+    from freestack.ml.lm.causal import CausalLMNet, add_causal_lora
+    from freestack.ml.lm.chat import ChatColumns
+    from freestack.ml.lm.prompts import save_tokenizer
     from freestack.registry.core import ModelRegistry
 
     tok = make_tokenizer()

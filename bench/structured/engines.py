@@ -33,7 +33,7 @@ ANY_OBJECT = {"type": "object"}
 
 
 class Llguidance:
-    """llguidance: ``LLMatcher`` over the JSON schema's grammar, as ``freestack.ml.constrained`` uses it."""
+    """llguidance: ``LLMatcher`` over the JSON schema's grammar, as ``freestack.ml.lm.constrained`` uses it."""
 
     dist = "llguidance"
 

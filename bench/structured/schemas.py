@@ -2,7 +2,7 @@
 
 The first five are also the schemas the model server's constrained-decoding test answers
 (``tests/unit/ml/test_engine.py`` takes them from here); the sixth is OpenAI's JSON mode, any JSON object
-(``freestack.ml.constrained.ANY_OBJECT``), walked with an order record of a few hundred tokens. Instances
+(``freestack.ml.lm.constrained.ANY_OBJECT``), walked with an order record of a few hundred tokens. Instances
 are written compact (no whitespace between tokens), as the model server asks every library to write them.
 The open instance nests three levels at most and has no ``\\u`` escape: outlines-core's regex of an open
 object stops at three levels and its strings take no ``\\u`` escape.
@@ -93,7 +93,7 @@ INSTANCES: dict[str, object] = {
 
 
 class Case(BaseModel):
-    """One schema as JSON text, its keys sorted as ``freestack.ml.constrained.json_grammar`` writes it
+    """One schema as JSON text, its keys sorted as ``freestack.ml.lm.constrained.json_grammar`` writes it
     (every library here emits an object's properties in the schema's order), and its instance written
     compact, its keys sorted too."""
 

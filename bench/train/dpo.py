@@ -61,9 +61,11 @@ def preference_rows(n: int, seed: int) -> list[dict[str, str]]:
 def run_freestack(args: argparse.Namespace, rows: list[dict[str, str]]) -> dict[str, Any]:
     import torch
 
-    from freestack.ml.generation import ChatColumns, add_causal_lora, load_causal_lm, load_tokenizer
+    from freestack.ml.lm.causal import add_causal_lora, load_causal_lm
+    from freestack.ml.lm.chat import ChatColumns
+    from freestack.ml.lm.preference import PreferenceEncoding, PreferenceNet, score_reference
+    from freestack.ml.lm.prompts import load_tokenizer
     from freestack.ml.loop import TrainConfig, fit_source, resolve_device, to_tensors, warm_up
-    from freestack.ml.preference import PreferenceEncoding, PreferenceNet, score_reference
     from freestack.ml.stream import InMemory
 
     folder = str(Path(args.workdir) / "base")
@@ -101,7 +103,7 @@ def run_trl(args: argparse.Namespace, rows: list[dict[str, str]]) -> dict[str, A
     from transformers.utils import logging as hf_logging
     from trl import DPOConfig, DPOTrainer
 
-    from freestack.ml.generation import load_causal_lm
+    from freestack.ml.lm.causal import load_causal_lm
     from freestack.ml.loop import warm_up
 
     hf_logging.set_verbosity_error()

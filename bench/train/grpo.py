@@ -18,7 +18,7 @@ AdamW at 5e-4 with a cosine schedule, no weight decay, gradients clipped to 1, i
 activation checkpointing (TRL's ``bf16`` and ``gradient_checkpointing`` defaults turned off). Each side runs in a fresh
 process, alternating, ``--repeats`` times, with the same torch threads:
 
-- ``freestack``: ``GrpoEncoding`` + ``GrpoNet`` in ``fit_source(task="grpo")``;
+- ``freestack``: ``GrpoEncoding`` + ``GrpoNet``, its splits from ``grpo_splits``, in ``fit_source(task="grpo")``;
 - ``trl``: ``GRPOTrainer`` with the same settings (``per_device_train_batch_size`` = 16 x
   ``num_generations`` completions, ``steps_per_generation`` 1).
 
@@ -58,7 +58,9 @@ def make_start(work: Path) -> Path:
     import numpy as np
     import torch
 
-    from freestack.ml.generation import CausalLMNet, ChatColumns, ChatEncoding, load_causal_lm, load_tokenizer
+    from freestack.ml.lm.causal import CausalLMNet, load_causal_lm
+    from freestack.ml.lm.chat import ChatColumns
+    from freestack.ml.lm.prompts import ChatEncoding, load_tokenizer
     from freestack.ml.loop import TrainConfig, fit_source
     from freestack.ml.stream import InMemory
 
@@ -81,7 +83,8 @@ def make_start(work: Path) -> Path:
 
 
 def exact_match(model, tok, rows: list[dict[str, str]]) -> float:
-    from freestack.ml.generation import GenerationSettings, generate
+    from freestack.ml.lm.answers import GenerationSettings
+    from freestack.ml.lm.sampling import generate
 
     chats = [[{"role": "user", "content": r["prompt"]}] for r in rows]
     answers = generate(model.eval(), tok, chats, GenerationSettings(max_new_tokens=12))
@@ -91,11 +94,14 @@ def exact_match(model, tok, rows: list[dict[str, str]]) -> float:
 def run_freestack(args: argparse.Namespace, train: list[dict], test: list[dict]) -> dict[str, Any]:
     import torch
 
-    from freestack.ml.generation import ChatColumns, eos_ids, load_causal_lm, load_tokenizer
-    from freestack.ml.grpo import GrpoEncoding, GrpoNet, GrpoSettings
+    from freestack.ml.lm.causal import load_causal_lm
+    from freestack.ml.lm.chat import ChatColumns
+    from freestack.ml.lm.grpo import GrpoEncoding, GrpoNet, GrpoSettings
+    from freestack.ml.lm.prompts import eos_ids, load_tokenizer
+    from freestack.ml.lm.rewards import Reward, RewardSet
+    from freestack.ml.lm.rewards import exact_match as exact
+    from freestack.ml.lm.rollout_sources import grpo_splits
     from freestack.ml.loop import fit_source, warm_up
-    from freestack.ml.rewards import Reward, RewardSet
-    from freestack.ml.rewards import exact_match as exact
     from freestack.ml.stream import InMemory
 
     start = str(Path(args.workdir) / "start")
@@ -103,14 +109,18 @@ def run_freestack(args: argparse.Namespace, train: list[dict], test: list[dict])
     columns = ChatColumns(prompt="prompt", response="chosen")
     settings = GrpoSettings(num_generations=args.num_generations, rollouts=args.rollouts, **SETTINGS)
     rewards = RewardSet((Reward("exact_match", 1.0, exact("chosen")),))
-    net = GrpoNet(model, grpo=settings, rewards=rewards, base={}, columns=columns, max_length=48)
+    net = GrpoNet(
+        model, grpo=settings, reward_names=("exact_match",), base={}, columns=columns, max_length=48
+    )
     enc = GrpoEncoding(tok, columns, 48)
     encoded = enc.encode_rows(train)
     source = InMemory({k: torch.tensor(v) for k, v in encoded.x.items()}, torch.tensor(encoded.y))
-    net.attach(enc, eos_ids(tok, model.generation_config.to_dict()))
+    splits = grpo_splits(
+        net, {"train": source, "val": source}, enc, rewards, eos_ids(tok, model.generation_config.to_dict())
+    )
     warm_up()
     torch.manual_seed(SEED)
-    result = fit_source(net, source, source, train_config(args), task="grpo")
+    result = fit_source(net, splits["train"], splits["val"], train_config(args), task="grpo")
     completions = len(train) * args.num_generations
     prompt_tokens = int(encoded.x["attention_mask"].sum()) * args.num_generations * args.epochs
     sampled = sum(h["train_completion_length"] * completions for h in result.history)
@@ -144,7 +154,8 @@ def run_trl(args: argparse.Namespace, train: list[dict], test: list[dict]) -> di
     from transformers.utils import logging as hf_logging
     from trl import GRPOConfig, GRPOTrainer
 
-    from freestack.ml.generation import load_causal_lm, load_tokenizer
+    from freestack.ml.lm.causal import load_causal_lm
+    from freestack.ml.lm.prompts import load_tokenizer
     from freestack.ml.loop import warm_up
 
     hf_logging.set_verbosity_error()
@@ -289,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _start_exact_match(work: Path, args: argparse.Namespace) -> float:
-    from freestack.ml.generation import load_causal_lm, load_tokenizer
+    from freestack.ml.lm.causal import load_causal_lm
+    from freestack.ml.lm.prompts import load_tokenizer
 
     rows = preference_rows(args.prompts + 200, SEED + 7)[args.prompts :]
     start = str(work / "start")

@@ -41,12 +41,15 @@ def run(mode: str, start: Path, args, train: list[dict], test: list[dict], url: 
     """One training of the start's LoRA adapter, its rollouts ``padded`` in this process or by the server."""
     import torch
 
-    from freestack.ml.generation import ChatColumns, add_causal_lora, eos_ids, load_causal_lm, load_tokenizer
-    from freestack.ml.grpo import GrpoEncoding, GrpoNet, GrpoSettings
+    from freestack.ml.lm.causal import add_causal_lora, load_causal_lm
+    from freestack.ml.lm.chat import ChatColumns
+    from freestack.ml.lm.grpo import GrpoEncoding, GrpoNet, GrpoSettings
+    from freestack.ml.lm.prompts import eos_ids, load_tokenizer
+    from freestack.ml.lm.rewards import Reward, RewardSet
+    from freestack.ml.lm.rewards import exact_match as exact
+    from freestack.ml.lm.rollout_sources import grpo_splits
+    from freestack.ml.lm.rollouts import RolloutServer
     from freestack.ml.loop import fit_source
-    from freestack.ml.rewards import Reward, RewardSet
-    from freestack.ml.rewards import exact_match as exact
-    from freestack.ml.rollouts import RolloutServer
     from freestack.ml.stream import InMemory
     from tests.support.preference import TEACHER_PEFT
 
@@ -58,13 +61,14 @@ def run(mode: str, start: Path, args, train: list[dict], test: list[dict], url: 
     server = RolloutServer(url, MODEL, KEY) if mode == "server" else None
     rewards = RewardSet((Reward("exact_match", 1.0, exact("chosen")),))
     net = GrpoNet(
-        model, grpo=settings, rewards=rewards, server=server, base={}, columns=columns, max_length=48
+        model, grpo=settings, reward_names=("exact_match",), base={}, columns=columns, max_length=48
     )
     enc = GrpoEncoding(tok, columns, 48)
     encoded = enc.encode_rows(train)
     source = InMemory({k: torch.tensor(v) for k, v in encoded.x.items()}, torch.tensor(encoded.y))
-    net.attach(enc, eos_ids(tok, model.generation_config.to_dict()))
-    result = fit_source(net, source, source, train_config(args), task="grpo")
+    eos = eos_ids(tok, model.generation_config.to_dict())
+    splits = grpo_splits(net, {"train": source, "val": source}, enc, rewards, eos, server=server)
+    result = fit_source(net, splits["train"], splits["val"], train_config(args), task="grpo")
     return {
         "mode": mode,
         "train_seconds": result.train_seconds,

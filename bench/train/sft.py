@@ -149,7 +149,8 @@ def make_data(folder: Path, work: Path, rows: int, batch: int, max_length: int) 
     split padded to its longest (TRL's collator) against the split's own width (freestack's rows)."""
     import numpy as np
 
-    from freestack.ml.generation import ChatColumns, ChatEncoding, load_tokenizer
+    from freestack.ml.lm.chat import ChatColumns
+    from freestack.ml.lm.prompts import ChatEncoding, load_tokenizer
 
     encoding = ChatEncoding(load_tokenizer(folder), ChatColumns(), max_length)
     data = pairs(rows + batch, SEED)
@@ -221,7 +222,8 @@ class Clocked:
 def run_freestack(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from freestack.ml.generation import CausalLMNet, ChatColumns, add_causal_lora, load_causal_lm
+    from freestack.ml.lm.causal import CausalLMNet, add_causal_lora, load_causal_lm
+    from freestack.ml.lm.chat import ChatColumns
     from freestack.ml.loop import TrainConfig, fit_source, resolve_device, to_tensors, warm_up
     from freestack.ml.stream import InMemory
 

@@ -38,7 +38,7 @@ from freestack.score.spec import ScoreSpec
 from freestack.serving.spec import DeploySpec, deploy_name
 from freestack.settings import default_storage_root, pipelines_dir
 from freestack.specbase import SpecModel, problems
-from freestack.sweeps.spec import DPO, EPOCH_METRICS, GRPO, INIT, PEFT, SweepSpec, leaf_parameters
+from freestack.sweeps.spec import DPO, EPOCH_METRICS, GRPO, INIT, PEFT, SweepSpec
 from freestack.train.spec import PRETRAINED_TASKS, ModelSpec, TrainSpec
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
@@ -269,7 +269,7 @@ class PipelineSpec(SpecModel):
         if self.sweep is None:
             return self
 
-        for path in leaf_parameters(self.sweep.config()["parameters"]):
+        for path in self.sweep.leaves():
             *parents, name = path.split(".")
             if PEFT in parents:
                 self._check_peft_parameter(path, name)

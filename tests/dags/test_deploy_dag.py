@@ -104,11 +104,13 @@ def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, stora
     import yaml
     from airflow.dag_processing.dagbag import DagBag
 
+    from freestack.kube import KubeRef
     from freestack.registry.core import ModelRegistry
     from freestack.serving import manifests, seldon_deployments
     from freestack.serving.records import Deployments
     from tests.fakes.k8s_api import ProxyingKubeAPI
 
+    deployed = KubeRef("digits", "models", "kube_test")  # the SeldonDeployment the spec below names
     api = ProxyingKubeAPI().start()  # with the service proxy the smoke test sends the version's rows through
     try:
         monkeypatch.setenv(
@@ -145,7 +147,7 @@ def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, stora
         bag = DagBag(dag_folder=str(ROOT / "dags"))
         deploy = bag.get_dag("digits_rollback").partial_subset(["deploy"], include_upstream=False)
         assert deploy.test().state == "success"
-        obj = seldon_deployments.get("digits", "models", "kube_test")
+        obj = seldon_deployments.get(deployed)
         assert manifests.summary(obj)["predictors"][0]["version"] == "v1"
         assert [p["name"] for p in obj["spec"]["predictors"]] == ["main"]
         manifests.validate_manifest(
@@ -163,7 +165,7 @@ def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, stora
 
         reg.promote("v2")  # the next production version goes out as a canary beside v1
         assert deploy.test().state == "success"
-        obj = seldon_deployments.get("digits", "models", "kube_test")
+        obj = seldon_deployments.get(deployed)
         traffic = {p["name"]: p["traffic"] for p in obj["spec"]["predictors"]}
         assert traffic == {"main": 90, "canary": 10}
         rec = Deployments(storage, "digits").get("digits")
@@ -172,7 +174,7 @@ def test_deploy_to_kubernetes_defers_until_available_then_canary(tmp_path, stora
         from freestack.cli import main
 
         assert main(["serve", "--root", storage, "canary", "digits", "promote"]) == 0
-        obj = seldon_deployments.get("digits", "models", "kube_test")
+        obj = seldon_deployments.get(deployed)
         assert [p["name"] for p in obj["spec"]["predictors"]] == ["main"]
         assert Deployments(storage, "digits").get("digits")["version"] == "v2"
     finally:

@@ -86,7 +86,7 @@ def _test_inputs(version: Path, name: str):
     import torch
 
     from freestack import version as model_version
-    from freestack.evaluate.core import test_split
+    from freestack.evaluate.measure import test_split
     from freestack.spec import load_spec
 
     loaded = model_version.open(version.as_uri()).load()

@@ -46,7 +46,7 @@ def pipeline(tmp_path, storage, monkeypatch):
 
 def _log_day(spec, rows: pd.DataFrame, when: datetime) -> None:
     """A day of served requests (20 prompts each) as the model server logs them."""
-    from freestack.ml.generation import Completion
+    from freestack.ml.lm.answers import Completion
     from freestack_server.core.requestlog import RequestLog, monitoring_uri
 
     log = RequestLog(

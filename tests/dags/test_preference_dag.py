@@ -168,7 +168,10 @@ def _pushed_rollouts(p: dict, url: str, server) -> None:
 def _base_exact_match(folder: Path, smoke: dict) -> float:
     """The starting model's exact match on the evaluation's smoke prompts (greedy, same budget)."""
     from freestack.evaluate.text_generation import exact_match
-    from freestack.ml.generation import GenerationSettings, generate, load_causal_lm, load_tokenizer
+    from freestack.ml.lm.answers import GenerationSettings
+    from freestack.ml.lm.causal import load_causal_lm
+    from freestack.ml.lm.prompts import load_tokenizer
+    from freestack.ml.lm.sampling import generate
 
     model, tok = load_causal_lm(str(folder)).eval(), load_tokenizer(folder)
     answers = generate(model, tok, smoke["chats"], GenerationSettings(max_new_tokens=smoke["max_new_tokens"]))

@@ -1,5 +1,5 @@
 """<p>_score of a text-generation version under dag.test(): each prompt row of a lake day is answered
-greedily through the model server's continuous batching (freestack.ml.engine), and every answer equals
+greedily through the model server's continuous batching (freestack.ml.lm.engine), and every answer equals
 the version's own greedy answer computed alone, with its finish reason and token counts; rows without a
 prompt, or over the prompt budget with truncate: refuse, are quarantined with their reason; the day is
 published whole with its manifest, and a rescore pinned to another version replaces it whole; a day over

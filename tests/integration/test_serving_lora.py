@@ -263,11 +263,14 @@ def test_a_trainer_samples_its_rollouts_from_the_adapter_it_pushes(client, serve
     import torch
     from safetensors.torch import save_file
 
-    from freestack.ml.generation import ChatColumns, add_causal_lora, eos_ids, load_causal_lm, load_tokenizer
-    from freestack.ml.grpo import GrpoEncoding, GrpoNet, GrpoSettings
+    from freestack.ml.lm.causal import add_causal_lora, load_causal_lm
+    from freestack.ml.lm.chat import ChatColumns
+    from freestack.ml.lm.grpo import GrpoEncoding, GrpoNet, GrpoSettings
+    from freestack.ml.lm.prompts import eos_ids, load_tokenizer
+    from freestack.ml.lm.rewards import Reward, RewardSet, exact_match
+    from freestack.ml.lm.rollout_sources import grpo_splits
+    from freestack.ml.lm.rollouts import RolloutError, RolloutServer
     from freestack.ml.loop import TrainConfig, fit_source
-    from freestack.ml.rewards import Reward, RewardSet, exact_match
-    from freestack.ml.rollouts import RolloutError, RolloutServer
     from freestack.ml.stream import InMemory
 
     url = f"{server.url}/v1"
@@ -340,11 +343,12 @@ def test_a_trainer_samples_its_rollouts_from_the_adapter_it_pushes(client, serve
     rewards = RewardSet((Reward("exact_match", 1.0, exact_match("response")),))
     pushed = RolloutServer(url, MODEL, KEY, adapter_dir=str(tmp_path / "run"))
     net = GrpoNet(
-        model, grpo=settings, rewards=rewards, server=pushed, base={}, columns=columns, max_length=64
+        model, grpo=settings, reward_names=("exact_match",), base={}, columns=columns, max_length=64
     )
-    net.attach(enc, eos_ids(tok, model.generation_config.to_dict()))
+    eos = eos_ids(tok, model.generation_config.to_dict())
+    splits = grpo_splits(net, {"train": train, "val": train}, enc, rewards, eos, server=pushed)
     config = TrainConfig(epochs=1, batch_size=4, learning_rate=1e-3, warmup_epochs=0, device="cpu")
-    result = fit_source(net, train, train, config, task="grpo")
+    result = fit_source(net, splits["train"], splits["val"], config, task="grpo")
     assert len(result.steps) == 2 and all(s["completion_length"] > 0 for s in result.steps), result.steps
     log = server.log()
     assert log.count(f"from {tmp_path / 'run'}") == 2, log[-2000:]  # each step's adapter, loaded by name

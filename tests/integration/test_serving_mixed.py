@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from freestack.errors import DeployError
-from freestack.evaluate.core import smoke_sample
+from freestack.evaluate.measure import smoke_sample
 from freestack.ml.features import TOKENIZER_FILE, EncoderOptions
 from freestack.ml.loop import TrainConfig, fit, to_tensors
 from freestack.ml.models import FreestackNet

@@ -886,7 +886,7 @@ def test_an_engine_whose_loop_dies_fails_that_request_alone_and_a_loop_that_keep
     answered as before, on the same server. A loop that dies again and again (4 times within a minute)
     turns readiness false, and the server stops and is started again by its supervisor, which answers as
     before. Its log says why; no request is logged as its client leaving."""
-    from freestack.ml.engine import RESTARTS
+    from freestack.ml.lm.engine import RESTARTS
 
     before, ask = len(server.log()), {"model": MODEL, "messages": HI, "max_tokens": FAULT}
     code, answer = _post(server, "/v1/chat/completions", ask)

@@ -32,7 +32,7 @@ def train_regression(
 ) -> tuple[Path, pd.DataFrame, Preprocessing]:
     """A tiny regression network trained as ``freestack.train`` trains one (standardised target, scaling
     buffers in the model), saved with its preprocessing and the evaluation's smoke sample."""
-    from freestack.evaluate.core import smoke_sample
+    from freestack.evaluate.measure import smoke_sample
 
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(400, len(FEATURES))) * [1.0, 3.0, 0.5, 10.0, 2.0] + [0.0, 5.0, -1.0, 50.0, 0.0]
@@ -157,10 +157,10 @@ def test_regression_metadata_outputs_the_target_not_classes(regression_served):
 def test_learning_curves_keep_scores_and_errors_on_separate_axes(monkeypatch):
     """R² (a score near 1) and RMSE/MAE (in the target's units, here ~1e4) must not share a y axis, nor the
     losses; classification's accuracy/F1 are kept off its log-loss axis the same way."""
-    import freestack.evaluate.core as core
+    import freestack.evaluate.report as evaluation_report
 
     figures = []
-    monkeypatch.setattr(core, "png", lambda fig: figures.append(fig) or b"png")
+    monkeypatch.setattr(evaluation_report, "png", lambda fig: figures.append(fig) or b"png")
 
     def shared(fig) -> list[set[str]]:
         return [{ln.get_label() for ln in ax.get_lines()} for ax in fig.axes if ax.get_lines()]
@@ -179,7 +179,7 @@ def test_learning_curves_keep_scores_and_errors_on_separate_axes(monkeypatch):
         for e in range(1, 6)
     ]
     report = {"task": "regression", "rmse": 1e4, "r2": 0.9, "_points": {"y": [1.0, 2.0], "pred": [1.1, 2.1]}}
-    core.plots(report, history, None)
+    evaluation_report.plots(report, history, None)
     axes = shared(figures[-1])
     plotted = set().union(*axes)
     assert {"val_rmse", "val_mae", "val_r2"} <= plotted, axes
@@ -201,7 +201,7 @@ def test_learning_curves_keep_scores_and_errors_on_separate_axes(monkeypatch):
     ]
     cm = {"labels": ["0", "1"], "matrix": [[3, 1], [0, 4]]}
     per_class = {c: {"precision": 0.9, "recall": 0.8, "f1": 0.85} for c in ("0", "1")}
-    core.plots(
+    evaluation_report.plots(
         {"task": "classification", "accuracy": 0.9, "confusion_matrix": cm, "per_class": per_class},
         history,
         None,

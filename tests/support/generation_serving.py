@@ -29,7 +29,7 @@ class GenerationVersion:
     folder: Path
     model: Any  # the transformers causal LM
     tokenizer: Any
-    columns: Any  # freestack.ml.generation.ChatColumns
+    columns: Any  # freestack.ml.lm.chat.ChatColumns
     max_length: int
     sample: dict[str, Any]
 
@@ -41,11 +41,12 @@ class GenerationVersion:
         )
 
     def answer(self, chats: list[list[dict[str, str]]], **settings: Any) -> list:
-        """What :func:`freestack.ml.generation.generate` answers here, in one call (greedy by default), with
+        """What :func:`freestack.ml.lm.sampling.generate` answers here, in one call (greedy by default), with
         one torch thread as the servers run."""
         import torch
 
-        from freestack.ml.generation import GenerationSettings, generate
+        from freestack.ml.lm.answers import GenerationSettings
+        from freestack.ml.lm.sampling import generate
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -84,12 +85,9 @@ def make_generation_version(
     folder records it; ``adapter_seed``: the adapter's own draw, so that versions on one base differ."""
     import torch
 
-    from freestack.ml.generation import (
-        ChatColumns,
-        add_causal_lora,
-        load_causal_lm,
-        load_tokenizer,
-    )
+    from freestack.ml.lm.causal import add_causal_lora, load_causal_lm
+    from freestack.ml.lm.chat import ChatColumns
+    from freestack.ml.lm.prompts import load_tokenizer
     from freestack.registry.core import ModelRegistry
     from tests.support.hf_tiny import LM_BASE, tiny_causal_lm
 
@@ -149,7 +147,8 @@ def save_generation(
     """``lm`` (a transformers causal LM) and ``tok`` saved in ``folder`` as the trainer saves an
     instruction-tuned version of ``pipeline``: the weights (``CausalLMNet.save_pretrained``), the
     tokenizer, ``preprocessing.json`` (the chat columns) and ``lineage.json``, ready to register."""
-    from freestack.ml.generation import CausalLMNet, save_tokenizer
+    from freestack.ml.lm.causal import CausalLMNet
+    from freestack.ml.lm.prompts import save_tokenizer
 
     net = CausalLMNet(lm, base=base, columns=columns, max_length=max_length, peft=peft)
     net.save_pretrained(folder)

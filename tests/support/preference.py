@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from freestack.ml.generation import ChatColumns
+from freestack.ml.lm.chat import ChatColumns
 
 COLUMNS = ChatColumns(prompt="prompt", response="chosen")
 
@@ -104,7 +104,8 @@ def careless_sft(model, tok, pairs: pd.DataFrame, careless: float = 0.3, epochs:
     the chosen answer, or by the rejected one for a ``careless`` share of them."""
     import torch
 
-    from freestack.ml.generation import CausalLMNet, ChatEncoding
+    from freestack.ml.lm.causal import CausalLMNet
+    from freestack.ml.lm.prompts import ChatEncoding
     from freestack.ml.loop import TrainConfig, fit_source
     from freestack.ml.stream import InMemory
 
@@ -121,7 +122,8 @@ def careless_sft(model, tok, pairs: pd.DataFrame, careless: float = 0.3, epochs:
 def sft_base(base: Path, folder: Path, pairs: pd.DataFrame) -> Path:
     """The tiny base in ``base`` carelessly instruction-tuned on ``pairs``, saved in ``folder`` as
     transformers writes a model (with the base's tokenizer and generation config): a DPO starting point."""
-    from freestack.ml.generation import load_causal_lm, load_tokenizer
+    from freestack.ml.lm.causal import load_causal_lm
+    from freestack.ml.lm.prompts import load_tokenizer
 
     model, tok = load_causal_lm(str(base)), load_tokenizer(base)
     careless_sft(model, tok, pairs)
@@ -139,7 +141,8 @@ def teacher_version(root: str, base: Path, work: Path) -> str:
     saved as training saves an instruction-tuned LoRA version (prompt/chosen columns, 48 tokens): its
     adapter is peft's fresh one (B = 0), so it answers as ``base`` does, and its deployment can load other
     adapters on ``base`` (a GRPO training's, pushed to it); its URI."""
-    from freestack.ml.generation import add_causal_lora, load_causal_lm, load_tokenizer
+    from freestack.ml.lm.causal import add_causal_lora, load_causal_lm
+    from freestack.ml.lm.prompts import load_tokenizer
     from freestack.registry.core import ModelRegistry
     from tests.support.generation_serving import save_generation
 

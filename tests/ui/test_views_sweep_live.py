@@ -175,7 +175,7 @@ def test_a_sweep_on_two_objectives_draws_its_pareto_front(demo, sandbox, browser
         spec, sweep_id, {"end_ds": "2026-11-05", "airflow": {"run_id": f"manual__{sweep_id}"}}, agents=1
     )
     LocalAgent(spec, sweep_id, sized, ttl=30).run()
-    front = pareto.front(spec.sweep.config(), [d for d, _ in load_trials(spec, sweep_id)])
+    front = pareto.front(spec.sweep, [d for d, _ in load_trials(spec, sweep_id)])
     page = _login(browser, sandbox, "admin")
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

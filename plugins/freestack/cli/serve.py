@@ -19,6 +19,7 @@ from freestack.cli.common import Json, Pipeline, Root, load_pipeline
 from freestack.cli.errors import CliError
 from freestack.cli.output import out, print_json
 from freestack.hooks.credentials import deployment_key
+from freestack.kube import KubeRef
 from freestack.registry.core import registry_for
 from freestack.serving import manifests, seldon_deployments
 from freestack.serving.records import Deployments, alias_drift, all_deployments, live_state
@@ -347,13 +348,14 @@ def canary(
         )
     if action is CanaryAction.traffic and percent is None:
         raise typer.BadParameter("traffic needs --percent N (0-100)", param_hint="--percent")
-    t, name = spec.deploy.kubernetes, spec.deployment_name
+    t = spec.deploy.kubernetes
+    deployment = KubeRef(spec.deployment_name, t.namespace, t.conn_id)
     if action is CanaryAction.promote:
-        obj = seldon_deployments.promote_canary(name, t.namespace, t.conn_id)
+        obj = seldon_deployments.promote_canary(deployment)
     elif action is CanaryAction.rollback:
-        obj = seldon_deployments.rollback_canary(name, t.namespace, t.conn_id)
+        obj = seldon_deployments.rollback_canary(deployment)
     else:
-        obj = seldon_deployments.set_traffic(name, t.namespace, t.conn_id, canary_traffic=percent)
+        obj = seldon_deployments.set_traffic(deployment, canary_traffic=percent)
     _record_canary(ctx, spec, action, percent)
     print_json(manifests.summary(obj))
     return 0

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from freestack import version
 from freestack.evaluate.spec import JUDGE_METRICS, METRICS, SERVING_FIGURES, GateSpec, better_word, goal_of
+from freestack.keys import NO_KEYS, Keys
 
 if TYPE_CHECKING:
     from freestack.spec import PipelineSpec
@@ -318,16 +319,16 @@ def _drop(metric: str, allowed: float, mine: float, theirs: float, judged: bool 
 
 
 def decide_again(
-    spec: PipelineSpec, candidate_uri: str, champion_uri: str | None, judge_key: str | None = None
+    spec: PipelineSpec, candidate_uri: str, champion_uri: str | None, keys: Keys = NO_KEYS
 ) -> dict[str, Any]:
     """The gate's decision for a registered candidate against the production there is now (None: none),
-    both scored again on the candidate's own test rows (:func:`freestack.evaluate.core.rescore`, the
-    judge's figures included, ``judge_key`` its API key): what ``promote`` asks when production moved
+    both scored again on the candidate's own test rows (:func:`freestack.evaluate.measure.rescore`, the
+    judge's figures included, ``keys.judge`` its API key): what ``promote`` asks when production moved
     after ``evaluate``. Serving figures are compared as each version's evaluation recorded them. Raises
     EvaluationError or ValueError."""
-    from freestack.evaluate.core import rescore
+    from freestack.evaluate.measure import rescore
 
-    candidate, champion = rescore(spec, candidate_uri, champion_uri, judge_key)
+    candidate, champion = rescore(spec, candidate_uri, champion_uri, keys)
     champion_costs = version.open(champion_uri).lineage.costs if champion_uri else None
     return decide(spec.gate, candidate, champion, version.open(candidate_uri).lineage.costs, champion_costs)
 

@@ -20,7 +20,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from freestack import step_cache
 from freestack.errors import EvaluationError
 from freestack.evaluate.gate import costs_of, decide, decide_again, decision_note
-from freestack.hooks.credentials import judge_api_key, model_source
+from freestack.hooks.credentials import model_source, task_keys
 from freestack.hooks.huggingface import HubEnvironment, hub_settings
 from freestack.hooks.wandb import WandbHook
 from freestack.operator_links import FreestackPageLink, WandbRunLink
@@ -79,7 +79,7 @@ class EvaluateOperator(TorchTask, HubEnvironment, PipelineOperator):
                 candidate_uri,
                 champion_uri=reg.version_uri(champion_version) if champion_version else None,
                 tracking_settings=WandbHook().checked_settings(),
-                judge_key=judge_api_key(spec.gate.judge),
+                keys=task_keys(spec, judge=True),
                 run={"dag_id": context["dag"].dag_id, "run_id": context["run_id"]},
                 source=model_source,
             )
@@ -251,7 +251,7 @@ class PromoteOperator(PipelineOperator):
                 spec,
                 reg.version_uri(version),
                 reg.version_uri(current) if current else None,
-                judge_key=judge_api_key(spec.gate.judge),
+                keys=task_keys(spec, judge=True),
             )
         except (EvaluationError, ValueError) as exc:
             raise AirflowFailException(

@@ -5,8 +5,10 @@ perplexity on the reference answers (every test row), and ``model.generation.met
 answers (at most ``max_rows`` rows, ``max_new_tokens`` tokens each): exact match (the answer equals the
 reference, whitespace trimmed) and ROUGE-L F1 (Google's ``rouge-score``). The report puts sample prompts
 with the reference and both models' answers side by side; ``smoke.json`` holds the answers the deploy
-stage expects a freshly started server to give, one prompt at a time. Importing it loads torch (the ML
-core's generation); :mod:`freestack.evaluate.core` imports it.
+stage expects a freshly started server to give, one prompt at a time. With ``gate.judge``, the judge
+(:mod:`freestack.judging.client`) gives its verdicts on both models' answers to the test prompts and to
+its golden set (:func:`judged_by`), and its figures join their metrics. Importing it loads torch (the ML
+core's generation); :mod:`freestack.evaluate.measure` and :mod:`freestack.evaluate.report` import it.
 """
 
 from __future__ import annotations
@@ -17,14 +19,22 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from freestack.errors import EvaluationError
+from freestack.judging import client as llm_judge
 from freestack.judging.client import JudgeError, project_file
-from freestack.ml.generation import ChatError, GenerationSettings, answer_text, generate, parse_messages
-from freestack.ml.loop import to_tensors, token_metrics
+from freestack.ml.lm.answers import GenerationSettings
+from freestack.ml.lm.causal import token_metrics
+from freestack.ml.lm.chat import ChatError, parse_messages
+from freestack.ml.lm.prompts import answer_text
+from freestack.ml.lm.sampling import generate
+from freestack.ml.loop import to_tensors
 from freestack.ml.stream import InMemory
 from freestack.monitor.core import build_reference
 
 if TYPE_CHECKING:
+    from freestack.keys import Keys
     from freestack.spec import PipelineSpec
+    from freestack.version import LoadedVersion
 
 log = logging.getLogger(__name__)
 
@@ -201,11 +211,66 @@ def reference_of(
     )
 
 
+def both_answers(spec: PipelineSpec, model, pre, champion: LoadedVersion | None, frame) -> tuple:
+    """(the candidate's :class:`Answers` to the test rows, the champion's or None, the
+    prompts as chats and their references, at most ``max_rows`` of each)."""
+    mine = answer(model, pre, frame, spec)
+    theirs = answer(champion.model, champion.preprocessor, frame, spec) if champion else None
+    return mine, theirs, *chats_of(pre, frame.head(spec.model.generation.max_rows))
+
+
+def golden_answers(spec: PipelineSpec, model, pre, champion: LoadedVersion | None) -> tuple | None:
+    """The judge's golden set (``gate.judge.golden``) and both models' answers to it: (chats, references,
+    the candidate's answers, production's or None); None without one."""
+    judge = spec.gate.judge
+    if judge is None or judge.golden is None:
+        return None
+    try:
+        chats, refs = golden_set(judge.golden)
+    except JudgeError as exc:
+        raise EvaluationError(str(exc)) from None
+    theirs = texts_of(champion.model, champion.preprocessor, chats, spec) if champion else None
+    return chats, refs, texts_of(model, pre, chats, spec), theirs
+
+
+def judged_by(spec: PipelineSpec, chats, refs, cand: Answers, champ: Answers | None, keys: Keys, golden=None):
+    """The judge's verdicts on both models' answers to the test prompts (at most ``max_rows``) and the
+    golden set's (:func:`golden_answers`), each item naming its ``source``; None without ``gate.judge``.
+    Its figures are added to the models' metrics, its status and identity to the candidate's (``judge``:
+    what lineage keeps)."""
+    if spec.gate.judge is None:
+        return None
+    mine, theirs = list(cand.texts), (list(champ.texts) if champ else None)
+    try:
+        judge = llm_judge.with_rubric_file(spec.gate.judge)
+        n = min(len(chats), len(mine), judge.max_rows or len(mine))
+        chats, refs, mine = list(chats[:n]), list(refs[:n]), mine[:n]
+        theirs = theirs[:n] if theirs is not None else None
+        if golden is not None:
+            chats, refs, mine = chats + golden[0], refs + golden[1], mine + golden[2]
+            theirs = theirs + golden[3] if theirs is not None and golden[3] is not None else theirs
+        judged = llm_judge.run(judge, chats, refs, mine, theirs, keys.judge)
+    except JudgeError as exc:
+        raise EvaluationError(str(exc)) from None
+    for item in judged.items:
+        item["source"] = "test" if item["index"] < n else "golden"
+    judged.candidate["judge_golden_rows"] = len(golden[0]) if golden is not None else 0
+    cand.metrics.update(
+        judged.candidate, judge={"status": judged.status, **judged.identity, "reason": judged.reason}
+    )
+    if champ is not None and judged.champion:
+        champ.metrics.update(judged.champion)
+    return judged
+
+
 __all__ = [
     "Answers",
     "answer",
+    "both_answers",
     "chats_of",
     "exact_match",
+    "golden_answers",
+    "judged_by",
     "reference_of",
     "rouge_l",
     "samples_html",

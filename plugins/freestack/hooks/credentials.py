@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from freestack.errors import DeployError
 from freestack.hooks.datastore import DataStoreHook
+from freestack.keys import Keys
 
 if TYPE_CHECKING:
     from freestack.judging.spec import JudgeKey, JudgeSpec
@@ -114,6 +115,17 @@ def teacher_api_key(teacher: TeacherSpec | None) -> str | None:
     return _task_key(key, "the teacher's API key", "score.teacher.api_key.conn_id")
 
 
+def task_keys(spec, *, judge: bool = False, rollout: bool = False, teacher: bool = False) -> Keys:
+    """The keys of the endpoints a task calls, as one :class:`~freestack.keys.Keys`, each read from the
+    connection the spec names (:func:`judge_api_key`, :func:`rollout_api_key`, :func:`teacher_api_key`):
+    only those asked for, so a task reads no connection it does not use."""
+    return Keys(
+        judge=judge_api_key(spec.gate.judge) if judge else None,
+        rollout=rollout_api_key(spec) if rollout else None,
+        teacher=teacher_api_key(spec.score.teacher) if teacher else None,
+    )
+
+
 def _task_key(key: JudgeKey | None, what: str, field: str) -> str | None:
     """The password of the connection ``key`` names, in a task; a connection missing or without a password
     fails the task without a retry: a retry would find the same."""
@@ -174,5 +186,6 @@ __all__ = [
     "judge_api_key",
     "model_source",
     "server_api_key",
+    "task_keys",
     "teacher_api_key",
 ]

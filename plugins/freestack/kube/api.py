@@ -1,9 +1,9 @@
 """One session on a Kubernetes custom object, shared by the train stage (PyTorchJob) and the deploy stage
 (SeldonDeployment): the cncf.kubernetes provider's ``KubernetesHook`` and its connection say which cluster
-and which credentials, and every failure inside the session becomes the error its stage words::
+and which credentials (``ref``: a :class:`~freestack.kube.ref.KubeRef`, the object and its connection), and
+every failure inside the session becomes the error its stage words::
 
-    with api_session(conn_id, namespace, name, session_class=JobSession, words=...,
-                     error=..., unavailable=...) as s:
+    with api_session(ref, session_class=JobSession, words=..., error=..., unavailable=...) as s:
         stored = s.read()                       # None when the object does not exist
 
 :func:`answer_text` words an answer of the API server with the kind's :class:`AnswerWords` (the triggers'
@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
+from freestack.kube.ref import KubeRef
 
 
 def status_body(body: Any) -> dict[str, Any] | None:
@@ -62,13 +64,11 @@ def answer_detail(body: Any, reason: str | None) -> str:
     return str((status_body(body) or {}).get("message") or raw or reason or "").strip()
 
 
-def unreachable_text(
-    exc: BaseException, *, kind: str, host: str, conn_id: str, namespace: str, name: str, action: str
-) -> str:
-    """Why an API server could not be reached to ``action`` an object, and what to check."""
+def unreachable_text(exc: BaseException, *, kind: str, host: str, ref: KubeRef, action: str) -> str:
+    """Why an API server could not be reached to ``action`` the object ``ref``, and what to check."""
     return (
-        f"cannot reach the Kubernetes API server {host} (connection {conn_id!r}) to {action} {kind} "
-        f"{namespace}/{name}: {type(exc).__name__}: {exc}. Check that the cluster is up and that the "
+        f"cannot reach the Kubernetes API server {host} (connection {ref.conn_id!r}) to {action} "
+        f"{ref.describe(kind)}: {type(exc).__name__}: {exc}. Check that the cluster is up and that the "
         "connection's kube_config points at it ('kubectl cluster-info' with the same kubeconfig)."
     )
 
@@ -97,17 +97,17 @@ def answer_text(
     body: Any,
     *,
     host: str,
-    conn_id: str,
-    namespace: str,
-    name: str,
+    ref: KubeRef,
     action: str,
 ) -> tuple[bool, str]:
-    """(whether a later retry may help, the message) for an API server's answer (sync and async clients
-    alike): what happened, where, and what to check."""
+    """(whether a later retry may help, the message) for an API server's answer about the object ``ref``
+    (sync and async clients alike): what happened, where, and what to check."""
     doc, detail = status_body(body) or {}, answer_detail(body, reason)
-    head = f"Kubernetes API server {host} (connection {conn_id!r}) answered {status} {reason or ''}".rstrip()
-    head += f" to {action} {words.kind} {namespace}/{name}: {detail}"
-    retry, hint = _hint(words, status, body, doc, detail, conn_id=conn_id, namespace=namespace)
+    head = (
+        f"Kubernetes API server {host} (connection {ref.conn_id!r}) answered {status} {reason or ''}".rstrip()
+    )
+    head += f" to {action} {ref.describe(words.kind)}: {detail}"
+    retry, hint = _hint(words, status, body, doc, detail, ref=ref)
     return retry, head + hint
 
 
@@ -118,11 +118,11 @@ def _hint(
     doc: dict[str, Any],
     detail: str,
     *,
-    conn_id: str,
-    namespace: str,
+    ref: KubeRef,
 ) -> tuple[bool, str]:
     """What to check after an answer, and whether a later retry may help."""
     crd, details = words.crd, doc.get("details") or {}
+    conn_id, namespace = ref.conn_id, ref.namespace
     if status == 401:
         return True, (
             f". The credentials were rejected: check that connection {conn_id!r}'s kube_config (token, client "
@@ -159,28 +159,28 @@ def _hint(
 
 
 class Session:
-    """One API client for one object of a custom resource (``group``, ``version``, ``plural``, set by each
-    kind's subclass); ``action`` names what is being done, for error messages."""
+    """One API client for the object ``ref`` of a custom resource (``group``, ``version``, ``plural``, set
+    by each kind's subclass); ``action`` names what is being done, for error messages."""
 
     group = version = plural = ""
 
-    def __init__(self, api_client: Any, conn_id: str, namespace: str, name: str):
+    def __init__(self, api_client: Any, ref: KubeRef):
         from kubernetes.client import CustomObjectsApi
 
         self.api = CustomObjectsApi(api_client)
         self.host = api_client.configuration.host
-        self.conn_id, self.namespace, self.name = conn_id, namespace, name
+        self.ref = ref
         self.action = "reach"
 
     def _args(self) -> tuple[str, str, str, str]:
-        return self.group, self.version, self.namespace, self.plural
+        return self.group, self.version, self.ref.namespace, self.plural
 
     def read(self) -> dict[str, Any] | None:
         from kubernetes.client.exceptions import ApiException
 
         self.action = "read"
         try:
-            return self.api.get_namespaced_custom_object(*self._args(), self.name)
+            return self.api.get_namespaced_custom_object(*self._args(), self.ref.name)
         except ApiException as exc:
             if object_missing(exc.status, exc.body):
                 return None
@@ -192,31 +192,29 @@ class Session:
 
     def replace(self, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
         self.action = "replace"
-        return self.api.replace_namespaced_custom_object(*self._args(), self.name, body, **kw)
+        return self.api.replace_namespaced_custom_object(*self._args(), self.ref.name, body, **kw)
 
     def merge_patch(self, body: dict[str, Any]) -> dict[str, Any]:
         self.action = "patch"
         return self.api.patch_namespaced_custom_object(
-            *self._args(), self.name, body, _content_type="application/merge-patch+json"
+            *self._args(), self.ref.name, body, _content_type="application/merge-patch+json"
         )
 
     def delete(self) -> dict[str, Any]:
         self.action = "delete"
-        return self.api.delete_namespaced_custom_object(*self._args(), self.name)
+        return self.api.delete_namespaced_custom_object(*self._args(), self.ref.name)
 
 
 @contextmanager
 def api_session(
-    conn_id: str,
-    namespace: str,
-    name: str,
+    ref: KubeRef,
     *,
     session_class: type[Session],
     words: AnswerWords,
     error: Callable[..., BaseException],
     unavailable: Callable[..., BaseException],
 ) -> Iterator[Session]:
-    """A session on the connection's cluster for one object; every failure inside becomes the caller's
+    """A session on the connection's cluster for the object ``ref``; every failure inside becomes the caller's
     ``unavailable`` (a later retry may fix it) or ``error``, in its stage's ``words``: ``(message,
     status=)`` for an answer of the API server, ``(message)`` otherwise."""
     from kubernetes.client.exceptions import ApiException
@@ -225,15 +223,15 @@ def api_session(
     try:
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 
-        api_client = KubernetesHook(conn_id=conn_id).get_conn()
+        api_client = KubernetesHook(conn_id=ref.conn_id).get_conn()
     except Exception as exc:  # connection missing, no kubeconfig, conflicting extras, bad YAML...
         raise unavailable(
-            f"cannot load the Kubernetes configuration of connection {conn_id!r} ({type(exc).__name__}: {exc}). "
+            f"cannot load the Kubernetes configuration of connection {ref.conn_id!r} ({type(exc).__name__}: {exc}). "
             "Give the connection (conn_type kubernetes) exactly one of the extras kube_config_path, kube_config "
             "(the kubeconfig inline) or in_cluster: true."
         ) from exc
-    session = session_class(api_client, conn_id, namespace, name)
-    where = {"host": session.host, "conn_id": conn_id, "namespace": namespace, "name": name}
+    session = session_class(api_client, ref)
+    where = {"host": session.host, "ref": ref}
     try:
         yield session
     except ApiException as exc:
@@ -247,11 +245,12 @@ def api_session(
         api_client.close()
 
 
-def delete(name: str, namespace: str, conn_id: str, *, session: Callable[..., Any]) -> bool:
-    """Delete an object through ``session`` (its kind's :func:`api_session`); False when there was none."""
+def delete(ref: KubeRef, *, session: Callable[..., Any]) -> bool:
+    """Delete the object ``ref`` through ``session`` (its kind's :func:`api_session`); False when there was
+    none."""
     from kubernetes.client.exceptions import ApiException
 
-    with session(conn_id, namespace, name) as s:
+    with session(ref) as s:
         try:
             s.delete()
         except ApiException as exc:

@@ -16,7 +16,9 @@ stage's ``words``). Each yields exactly one event::
   configured). Unreachable servers, 5xx, 429 and rejected credentials are retried until the deadline.
 
 The deadline is absolute (``deadline``, epoch seconds, set from ``timeout_seconds`` when the trigger is
-made and serialized with it), so a triggerer restart does not extend the wait.
+made and serialized with it), so a triggerer restart does not extend the wait. The object is the trigger's
+``ref`` (:class:`~freestack.kube.ref.KubeRef`); it is serialized as plain strings, the kwargs ``name``,
+``namespace`` and ``conn_id`` that earlier versions wrote too, so a task they deferred still resumes.
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from freestack.kube.api import AnswerWords, answer_text, object_missing, unreachable_text
+from freestack.kube.ref import KubeRef
 
 NOT_CONNECTED = "(not connected)"
 
@@ -56,23 +59,27 @@ class CustomObjectTrigger(BaseTrigger):
         poll_seconds: float = 10.0,
         deadline: float | None = None,
     ):
+        """``name``, ``namespace``, ``conn_id``: the object's :class:`KubeRef` as the plain strings
+        :meth:`serialize` writes (the triggerer rebuilds a trigger from them); :meth:`for_ref` takes the ref."""
         super().__init__()
-        self.name = name
-        self.namespace = namespace
-        self.conn_id = conn_id
+        self.ref = KubeRef(name, namespace, conn_id)
         self.timeout_seconds = float(timeout_seconds)
         self.poll_seconds = float(poll_seconds)
         self.deadline = float(deadline) if deadline is not None else time.time() + self.timeout_seconds
         self.host = NOT_CONNECTED  # the API server, once a connection was made (for messages)
 
+    @classmethod
+    def for_ref(cls, ref: KubeRef, **kwargs: Any) -> Self:
+        """The wait for the object ``ref`` (``kwargs``: the timeout, the poll interval)."""
+        return cls(**ref.plain(), **kwargs)
+
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        """The class's own import path and the arguments that rebuild it, the absolute deadline included."""
+        """The class's own import path and the arguments that rebuild it, the absolute deadline included;
+        plain values only (the ref as its strings)."""
         return (
             f"{type(self).__module__}.{type(self).__qualname__}",
             {
-                "name": self.name,
-                "namespace": self.namespace,
-                "conn_id": self.conn_id,
+                **self.ref.plain(),
                 "timeout_seconds": self.timeout_seconds,
                 "poll_seconds": self.poll_seconds,
                 "deadline": self.deadline,
@@ -81,11 +88,11 @@ class CustomObjectTrigger(BaseTrigger):
 
     @property
     def what(self) -> str:
-        return f"{self.kind} {self.namespace}/{self.name}"
+        return self.ref.describe(self.kind)
 
-    def _where(self) -> dict[str, str]:
+    def _where(self) -> dict[str, Any]:
         """Where the object is, as the stages' error factories take it."""
-        return {"host": self.host, "conn_id": self.conn_id, "namespace": self.namespace, "name": self.name}
+        return {"host": self.host, "ref": self.ref}
 
     # what a subclass says ----------------------------------------------------------------------------
 
@@ -112,7 +119,7 @@ class CustomObjectTrigger(BaseTrigger):
     def config_error(self, exc: BaseException) -> str:
         """The connection's configuration could not be loaded: waiting will not fix it."""
         return (
-            f"cannot load the Kubernetes configuration of connection {self.conn_id!r} to watch {self.what} "
+            f"cannot load the Kubernetes configuration of connection {self.ref.conn_id!r} to watch {self.what} "
             f"({type(exc).__name__}: {exc}). Give the connection exactly one of the extras "
             "kube_config_path, kube_config or in_cluster: true."
         )
@@ -120,7 +127,12 @@ class CustomObjectTrigger(BaseTrigger):
     # the loop ---------------------------------------------------------------------------------------
 
     def _event(self, status: str, message: str) -> TriggerEvent:
-        payload = {"status": status, "message": message, "name": self.name, "namespace": self.namespace}
+        payload = {
+            "status": status,
+            "message": message,
+            "name": self.ref.name,
+            "namespace": self.ref.namespace,
+        }
         return TriggerEvent(payload)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -132,7 +144,7 @@ class CustomObjectTrigger(BaseTrigger):
         past still reads the object once."""
         from airflow.providers.cncf.kubernetes.hooks.kubernetes import AsyncKubernetesHook
 
-        hook = AsyncKubernetesHook(conn_id=self.conn_id)
+        hook = AsyncKubernetesHook(conn_id=self.ref.conn_id)
         last = "nothing read yet"
         while True:
             done, seen = await self._look(hook)
@@ -172,7 +184,7 @@ class CustomObjectTrigger(BaseTrigger):
         async with hook.get_conn() as api_client:
             self.host = api_client.configuration.host
             return await CustomObjectsApi(api_client).get_namespaced_custom_object(
-                self.group, self.version, self.namespace, self.plural, self.name
+                self.group, self.version, self.ref.namespace, self.plural, self.ref.name
             )
 
     def _retrying(self, message: str) -> str:

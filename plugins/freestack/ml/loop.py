@@ -21,7 +21,6 @@ from torch import nn
 
 from freestack.ml.checkpoint import CHECKPOINT, CheckpointStore, pack, read
 from freestack.ml.distributed import Ranks, full_optimizer_state, full_state, load_full_state
-from freestack.ml.generation import perplexity, token_loss
 from freestack.ml.metrics import (
     PRIMARY,
     check_kept,
@@ -146,12 +145,12 @@ def evaluate_source(
     model: nn.Module, source: BatchSource, task: str, device: torch.device, amp_dtype=None, batch: int = 2048
 ) -> dict[str, float]:
     """The metrics over a split: in memory, or read batch by batch (only outputs and targets are kept)."""
-    if task == "generation":
-        return token_metrics(model, source, device, amp_dtype, batch=64)
-    if task == "preference":  # a preference-tuned LM scores its pairs itself (freestack.ml.preference)
-        return model.preference_metrics(source, device, amp_dtype)
-    if task == "grpo":  # a GRPO-trained LM scores greedy answers with its rewards (freestack.ml.grpo)
-        return model.grpo_metrics(source, device, amp_dtype)
+    scores = getattr(source, "scores", None)  # a split that scores the model itself (GRPO's rewarded prompts)
+    if callable(scores):
+        return scores(model, device, amp_dtype)
+    own = getattr(model, "split_metrics", None)  # a model that measures a split itself (a language model's)
+    if callable(own):
+        return own(source, device, amp_dtype)
     if isinstance(source, InMemory):
         return evaluate(model, source.x, source.y, task, amp_dtype)
     model.eval()
@@ -162,24 +161,6 @@ def evaluate_source(
         ys.append(yb)
     out = torch.cat(outs) if outs else torch.empty(0, device=device)
     return outputs_metrics(model, out, torch.cat(ys) if ys else torch.empty(0, device=device), task)
-
-
-@torch.no_grad()
-def token_metrics(
-    model: nn.Module, source: BatchSource, device: torch.device, amp_dtype=None, batch: int = 64
-) -> dict[str, float]:
-    """A language model's mean loss per learnt token over a split, and its perplexity (exp of the loss):
-    summed batch by batch, never holding more than one batch's logits."""
-    model.eval()
-    total = torch.zeros((), device=device, dtype=torch.float64)
-    tokens = 0
-    for xb, yb in source.ordered(batch, device):
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(xb)
-        total += token_loss(logits, yb, reduction="sum").double()
-        tokens += int((yb[:, 1:] != -100).sum())
-    loss = float(total) / max(tokens, 1)
-    return {"loss": loss, "perplexity": perplexity(loss), "tokens": float(tokens)}
 
 
 def outputs_metrics(model: nn.Module, out: torch.Tensor, y: torch.Tensor, task: str) -> dict[str, float]:
@@ -305,15 +286,27 @@ class _Run:
     steps_per_epoch: int
     stopping: EarlyStopping
     result: TrainResult
+    #: the figures of each step since the epoch began, for a model whose loss gives them (GRPO's rewards)
+    figures: list[dict[str, float]] = field(default_factory=list)
 
 
-def _loss_fn(model: nn.Module, task: str):
-    """The training loss: a custom model's own ``loss(outputs, target)`` when it has one
-    (:mod:`freestack.ml.custom`), else cross-entropy on class indices or MSE on the scaled target."""
+def _loss_fn(model: nn.Module, task: str, figures: list[dict[str, float]]):
+    """The training loss: a model's own ``training_loss(outputs, target)`` when it has one (a custom
+    module's, :mod:`freestack.ml.custom`; a language model's), else cross-entropy on class indices or MSE
+    on the scaled target. An own loss may come with its step's figures, ``(loss, {name: value})``: they
+    go to ``figures``, which the loop numbers into the run's steps."""
     own = getattr(model, "training_loss", None)
-    if callable(own):
-        return own
-    return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+    if not callable(own):
+        return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+
+    def loss(out, target):
+        got = own(out, target)
+        if isinstance(got, tuple):
+            got, step = got
+            figures.append(step)
+        return got
+
+    return loss
 
 
 def _setup(model: nn.Module, n: int, config: TrainConfig, task: str, ranks: Ranks | None = None) -> _Run:
@@ -350,6 +343,7 @@ def _setup(model: nn.Module, n: int, config: TrainConfig, task: str, ranks: Rank
         world_size=ranks.world if ranks is not None else 1,
         threads=torch.get_num_threads(),
     )
+    figures: list[dict[str, float]] = []
     return _Run(
         model=model,
         net=ranks.wrap(model) if ranks is not None and not sharded else model,
@@ -362,7 +356,7 @@ def _setup(model: nn.Module, n: int, config: TrainConfig, task: str, ranks: Rank
         grads=grads,
         new_optimizer=new_optimizer,
         opt=new_optimizer(),
-        loss_fn=_loss_fn(model, task),
+        loss_fn=_loss_fn(model, task, figures),
         n=n,
         steps_per_epoch=math.ceil(n / config.batch_size),
         stopping=EarlyStopping(
@@ -372,6 +366,7 @@ def _setup(model: nn.Module, n: int, config: TrainConfig, task: str, ranks: Rank
             higher=config.keep_higher if config.keep_metric else None,
         ),
         result=result,
+        figures=figures,
     )
 
 
@@ -473,7 +468,7 @@ def _batches(run: _Run, source: BatchSource, epoch: int):
     """The epoch's batches. A rank's streamed share may end a batch before another's: the ranks agree on
     each step (one small all-reduce) and stop together at the first rank's end."""
     batches = source.epoch(epoch, run.config.batch_size, run.config.seed, run.device)
-    if run.ranks is None or isinstance(source, InMemory):
+    if run.ranks is None or _in_memory(source):
         yield from batches
         return
     it = iter(batches)
@@ -489,10 +484,16 @@ def _batches(run: _Run, source: BatchSource, epoch: int):
 def _share(run: _Run, source: BatchSource, i: int, rows: int) -> float:
     """The weight of batch ``i``'s mean loss: 1 in one process; on a rank of an in-memory split its rows x
     ranks / the global batch's rows (ranks' shares differ by a row when the batch does not divide)."""
-    if run.ranks is None or not isinstance(source, InMemory):
+    if run.ranks is None or not _in_memory(source):
         return 1.0
     batch = run.config.batch_size
     return rows * run.ranks.world / min(batch, source.n - i * batch)
+
+
+def _in_memory(source: BatchSource) -> bool:
+    """Whether a split is held in memory (its ranks' shards are all as long), seen through a source that
+    transforms another's batches and names it ``inner`` (GRPO's rollouts)."""
+    return isinstance(getattr(source, "inner", source), InMemory)
 
 
 def _no_sync(run: _Run, last: bool):
@@ -634,8 +635,8 @@ def fit_source(
 
     ``on_epoch(row)`` sees each epoch's metrics; a true return stops training after that epoch (a
     sweep's early termination). The decision is saved in the checkpoint, so a resumed run stays stopped.
-    ``on_steps(steps)``, for a model that keeps figures of its steps (``take_steps``), sees every step
-    so far (``TrainResult.steps``) after each epoch.
+    ``on_steps(steps)``, for a model whose loss gives its step's figures (``training_loss`` answering
+    ``(loss, figures)``), sees every step so far (``TrainResult.steps``) after each epoch.
 
     ``ranks``: this process is one rank of a data-parallel training (:mod:`freestack.ml.distributed`);
     ``train`` is its shard (``InMemory.shard``, ``Streamed.shard``). Rank 0 alone validates, checkpoints
@@ -643,7 +644,7 @@ def fit_source(
     """
     if train.n == 0:
         raise ValueError("the training split is empty: the window holds no rows for training")
-    close = getattr(model, "close", None)  # what a model holds for the run (GRPO's rollout engine)
+    close = getattr(train, "close", None)  # what a split holds for the run (GRPO's rollout engine)
     try:
         result = _fit(model, train, val, config, task, checkpoints, on_epoch, ranks, on_steps)
     finally:
@@ -686,11 +687,10 @@ def _fit(model, train, val, config, task, checkpoints, on_epoch, ranks, on_steps
 
 
 def _epoch_stats(run: _Run, epoch: int) -> dict[str, float]:
-    """What the model kept of the epoch's steps, when it keeps something (a GRPO rollout's rewards):
-    each step numbered into the run's ``steps``, and their means, the epoch's ``train_*``. On
+    """The figures the epoch's steps gave with their losses, when they give some (a GRPO rollout's
+    rewards): each step numbered into the run's ``steps``, and their means, the epoch's ``train_*``. On
     data-parallel ranks (each its share of every batch), a step's figures are the ranks' mean."""
-    take = getattr(run.model, "take_steps", None)
-    steps = take() if callable(take) else []
+    steps, run.figures[:] = list(run.figures), []
     if not steps:
         return {}
     if run.ranks is not None:
@@ -751,7 +751,6 @@ __all__ = [
     "TrainResult",
     "evaluate",
     "evaluate_source",
-    "token_metrics",
     "fit",
     "fit_source",
     "outputs_metrics",

@@ -173,7 +173,7 @@ def load_pretrained(folder, map_location: str = "cpu", *, read_base=None):
 
         return load_custom(folder, config, map_location=map_location)
     if is_generation(config):
-        from freestack.ml.generation import load_generation_version
+        from freestack.ml.lm.causal import load_generation_version
 
         return load_generation_version(folder, config, map_location=map_location, read_base=read_base)
     if is_pretrained(config):

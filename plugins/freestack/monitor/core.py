@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from freestack.keys import NO_KEYS, Keys
 from freestack.ml.features import KINDS
 from freestack.monitor import stats, text_drift
 from freestack.monitor.report import render
@@ -194,7 +195,7 @@ def _logged_columns(rows, kinds: dict[str, str]) -> dict[str, list]:
 
 
 def judge_version(
-    ref: dict[str, Any], rows, labels, spec: PipelineSpec, judge_key: str | None = None
+    ref: dict[str, Any], rows, labels, spec: PipelineSpec, keys: Keys = NO_KEYS
 ) -> dict[str, Any]:
     """One version's rows of the interval against its reference: every series, and the metric where labelled."""
     t = spec.monitor.thresholds
@@ -227,7 +228,7 @@ def judge_version(
         "labels": _labelled_metric(ref, rows, labels, spec),
     }
     if "finish_reason" in rows:  # a text-generation model's log: its text signals (monitor.text)
-        out["text"] = text_drift.judge(spec, ref["version"], rows, judge_key=judge_key)
+        out["text"] = text_drift.judge(spec, ref["version"], rows, keys=keys)
         if out["text"].get("note"):
             out["note"] = out["text"]["note"]
     text_drifted = (out.get("text") or {}).get("drifted")
@@ -322,16 +323,16 @@ def monitor(
     *,
     tracking_settings=None,
     run: dict[str, Any] | None = None,
-    judge_key: str | None = None,
+    keys: Keys = NO_KEYS,
 ) -> dict[str, Any]:
     """Judge the interval [start, end) of the model's request log; write the report and the summary;
     log the figures to W&B. Returns the summary (``status``: ok, drift, or no_data; ``alerts``).
-    ``judge_key``: the key of ``gate.judge`` (its connection's password), for the judge signal."""
+    ``keys.judge``: the key of ``gate.judge`` (its connection's password), for the judge signal."""
     root, model = spec.root, spec.model_name
     folder = join(to_path(monitoring_uri(root, model)), "reports", interval_name(start, end))
     logged = read_requests(root, model, start, end)
     labels = read_labels(root, model, start)
-    versions, notes = _judge_all(spec, logged, labels, judge_key)
+    versions, notes = _judge_all(spec, logged, labels, keys)
     report_uri = str(join(folder, "report.html"))
     alerts = alerts_of(versions, spec, report_uri)
     summary = {
@@ -373,7 +374,7 @@ def monitor(
 
 
 def _judge_all(
-    spec: PipelineSpec, logged: Logged, labels: Logged, judge_key: str | None = None
+    spec: PipelineSpec, logged: Logged, labels: Logged, keys: Keys = NO_KEYS
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Each version's rows judged, or why not (no requests, too few rows, no reference statistics)."""
     rows, notes, out = logged.rows, [], []
@@ -400,7 +401,7 @@ def _judge_all(
                 f"monitor.min_rows ({spec.monitor.min_rows}); no verdict for this interval",
             )
         else:
-            entry = judge_version(ref, part, labels.rows, spec, judge_key)
+            entry = judge_version(ref, part, labels.rows, spec, keys)
         if entry.get("note"):
             notes.append(entry["note"])
         out.append(entry)

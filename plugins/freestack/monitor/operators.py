@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from freestack.hooks.credentials import judge_api_key
+from freestack.hooks.credentials import task_keys
 from freestack.monitor.spec import interval_name
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator
 from freestack.storage import join, to_path, write_json
@@ -50,8 +50,8 @@ class MonitorOperator(PipelineOperator):
                 "let the schedule or a backfill create the run"
             )
         run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
-        judge_key = judge_api_key(spec.gate.judge) if spec.monitor.text.judge_rows else None
-        summary = monitor(spec, start, end, run=run, judge_key=judge_key)
+        keys = task_keys(spec, judge=bool(spec.monitor.text.judge_rows))
+        summary = monitor(spec, start, end, run=run, keys=keys)
         brief = {k: summary[k] for k in ("status", "alert", "rows", "report")}
         brief["alerts"] = [a["message"] for a in summary["alerts"]][:20]
         context["outlet_events"][monitoring_asset(spec.name)].extra = {

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 
 from freestack.errors import FreestackError
 from freestack.judging import client as llm_judge
+from freestack.keys import NO_KEYS, Keys
 from freestack.registry.core import registry_for
 from freestack.storage import join, to_path
 
@@ -218,9 +219,7 @@ def rate_test(hits: int, rows: int, ref_hits: int, ref_rows: int) -> float:
 # one version's interval
 
 
-def judge(
-    spec: PipelineSpec, version: str, rows, seed: int = 0, judge_key: str | None = None
-) -> dict[str, Any]:
+def judge(spec: PipelineSpec, version: str, rows, seed: int = 0, keys: Keys = NO_KEYS) -> dict[str, Any]:
     """The text signals of one version's logged rows (``input.<prompt>``, ``prediction``, ``finish_reason``,
     ``truncated``) against its evaluation sample: each signal's value, reference, p-value and verdict."""
     cfg = spec.monitor.text
@@ -235,7 +234,7 @@ def judge(
     if cfg.encoder:
         signals = _embedded(spec, prompts or [], answers, ref, seed) + signals
     if judging:
-        signals.append(_judged(spec, version, prompts or [""] * len(answers), answers, seed, judge_key))
+        signals.append(_judged(spec, version, prompts or [""] * len(answers), answers, seed, keys.judge))
     off = [s["note"] for s in signals if s.get("off")]
     for s in signals:
         s["alerts"] = bool(s["drifted"] and s["name"] in cfg.alert_on)

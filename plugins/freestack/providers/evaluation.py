@@ -21,7 +21,7 @@ from pydantic import Field
 
 from freestack.errors import EvaluationError
 from freestack.evaluate.gate import costs_of, decide, decision_note
-from freestack.hooks.credentials import judge_api_key, model_source
+from freestack.hooks.credentials import model_source, task_keys
 from freestack.hooks.huggingface import export_hub_environment, hub_settings
 from freestack.hooks.wandb import WandbHook
 from freestack.operator_links import WandbRunLink
@@ -98,7 +98,7 @@ class FreestackEvaluateOperator(TorchTask, SpecOperator, SkipMixin):
                 candidate_uri,
                 champion_uri=reg.version_uri(champion) if champion else None,
                 tracking_settings=WandbHook().checked_settings(),
-                judge_key=judge_api_key(spec.gate.judge),
+                keys=task_keys(spec, judge=True),
                 run={"dag_id": context["dag"].dag_id, "run_id": context["run_id"]},
                 source=model_source,
             )

@@ -588,7 +588,7 @@ class FreestackDeployOperator(_FreestackOperator):
             self._smoke_source = f"the rows and answers its evaluation recorded ({SMOKE})"
             self.log.info("smoke test: %s", self._smoke_source)
             return None
-        from freestack.evaluate.core import unevaluated_smoke_sample  # torch: only to answer rows here
+        from freestack.evaluate.measure import unevaluated_smoke_sample  # torch: only to answer rows here
 
         spec = version_spec(open_version(uri), self.model, self.storage or None)
         given = (self.smoke_input or "").strip()

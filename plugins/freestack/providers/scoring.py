@@ -21,6 +21,7 @@ from freestack.providers.versions import registry_of, resolve, version_spec, whe
 from freestack.score import answers_writer, core
 from freestack.score.day import input_files
 from freestack.score.folder_input import file_item, kind_of
+from freestack.score.model import ScoringModel
 from freestack.spec import PipelineSpec
 from freestack.storage import to_path
 from freestack.version import open as open_version
@@ -60,14 +61,14 @@ def score(req: ScoreRequest, run: dict[str, str]) -> dict[str, Any]:
     if req.max_new_tokens is not None and opened.preprocessing and opened.preprocessing.task == "generation":
         block["generation"] = {"max_new_tokens": req.max_new_tokens}
     spec = version_spec(opened, req.model, req.storage, block)
-    model = core.ScoringModel(uri, spec.train.device)
+    model = ScoringModel(uri, spec.train.device)
     job = plan(spec, model, version, uri, req)
     scorer = answers_writer.score if model.generative else core.score
     return scorer(spec, job, run, model)
 
 
 def plan(
-    spec: PipelineSpec, model: core.ScoringModel, version: str, uri: str, req: ScoreRequest
+    spec: PipelineSpec, model: ScoringModel, version: str, uri: str, req: ScoreRequest
 ) -> dict[str, Any]:
     """The score stage's job for the input: its files (a folder's, as the stage lists a folder input, or
     the one file), each checked for the version's columns; empty files left out, by name."""

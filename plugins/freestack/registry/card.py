@@ -139,7 +139,9 @@ the adapter's base, `{{ pretrained.repo }}`, is fetched from the Hub at commit `
 {% if pretrained and pretrained.task == "text-generation" -%}
 import json
 
-from freestack.ml.generation import GenerationSettings, generate, load_tokenizer
+from freestack.ml.lm.answers import GenerationSettings
+from freestack.ml.lm.prompts import load_tokenizer
+from freestack.ml.lm.sampling import generate
 from freestack.ml.models import load_pretrained
 
 folder = "."  # the version's folder

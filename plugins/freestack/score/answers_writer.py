@@ -7,8 +7,8 @@ The day is read, quarantined, published whole and recorded as :func:`freestack.s
 every version; this module is what differs for a text-generation one. Each row's prompt is built as the
 model server builds it: the version's chat columns (a prompt column is one user turn; a messages column
 is a JSON chat), its system prompt first (``ChatColumns.with_system``), the chat template's token ids
-(:func:`freestack.ml.generation.prompt_ids`, cut from the left or refused over the prompt budget). The
-answers come from the server's own continuous batching (:class:`freestack.ml.engine.Engine`: one engine
+(:func:`freestack.ml.lm.prompts.prompt_ids`, cut from the left or refused over the prompt budget). The
+answers come from the server's own continuous batching (:class:`freestack.ml.lm.engine.Engine`: one engine
 for the task, started once, every row's ``complete`` awaited on one event loop, at most
 ``score.generation.max_requests`` at a time, stopped at the end whatever happens) or from ``generate`` in
 length-sorted, left-padded batches (faster on a CPU: ``score.generation.batching``). Decoding is greedy,
@@ -30,16 +30,11 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from freestack.errors import ScoreError
-from freestack.ml.engine import Engine
-from freestack.ml.generation import (
-    ChatError,
-    GenerationSettings,
-    PromptTooLong,
-    eos_ids,
-    generate_ids,
-    parse_messages,
-    prompt_ids,
-)
+from freestack.ml.lm.answers import GenerationSettings
+from freestack.ml.lm.chat import ChatError, parse_messages
+from freestack.ml.lm.engine import Engine
+from freestack.ml.lm.prompts import PromptTooLong, eos_ids, prompt_ids
+from freestack.ml.lm.sampling import generate_ids
 from freestack.score import core
 from freestack.score.day import SAMPLE_ROWS, key_type, manifest_of, read_day
 from freestack.score.published import FOOTER_KEY
@@ -49,7 +44,7 @@ from freestack.score.spec import GenerationScore
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from freestack.score.core import ScoringModel
+    from freestack.score.model import ScoringModel
     from freestack.score.rows import Piece
     from freestack.spec import PipelineSpec
 
@@ -63,7 +58,7 @@ def generation_of(spec: PipelineSpec) -> GenerationScore:
 
 
 def settings_for(spec: PipelineSpec, model: ScoringModel):
-    """The :class:`freestack.ml.generation.GenerationSettings` of every row: greedy, ``max_new_tokens``, and
+    """The :class:`freestack.ml.lm.answers.GenerationSettings` of every row: greedy, ``max_new_tokens``, and
     the prompt budget the model server gives the same request (``max_prompt_tokens``, else the version's
     max_length, and room for the answer within the model's positions)."""
     g = generation_of(spec)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from airflow.sdk import ObjectStoragePath
 
-    from freestack.score.core import ScoringModel
+    from freestack.score.model import ScoringModel
     from freestack.score.rows import Counts, Piece, Quarantine
     from freestack.spec import PipelineSpec
 

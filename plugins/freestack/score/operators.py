@@ -16,7 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freestack import step_cache
 from freestack.errors import ScoreError
-from freestack.hooks.credentials import teacher_api_key
+from freestack.hooks.credentials import task_keys
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator, TorchTask
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class PlanScoreOperator(PipelineOperator):
             )
         try:
             if spec.score.teacher is not None:  # a teacher endpoint answers instead of a version
-                got = teacher.plan(spec, start, end, teacher_api_key(spec.score.teacher))
+                got = teacher.plan(spec, start, end, task_keys(spec, teacher=True))
             else:
                 got = core.plan(spec, start, end)
         except ScoreError as exc:  # the day at fault, or every day of the run, is listed failed with why
@@ -92,7 +92,7 @@ class ScoreOperator(TorchTask, PipelineOperator):
         # a text-generation version answers the day's prompt rows; a teacher endpoint, with score.teacher
         score = answers_writer.score if spec.model.generative else core.score
         if spec.score.teacher is not None:
-            score = functools.partial(teacher.score, api_key=teacher_api_key(spec.score.teacher))
+            score = functools.partial(teacher.score, keys=task_keys(spec, teacher=True))
         run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
         try:
             manifest = score(spec, self.job, run)

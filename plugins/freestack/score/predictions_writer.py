@@ -18,7 +18,7 @@ from freestack.score.rows import Counts, Quarantine
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from freestack.score.core import ScoringModel
+    from freestack.score.model import ScoringModel
     from freestack.score.rows import Piece
     from freestack.spec import PipelineSpec
 

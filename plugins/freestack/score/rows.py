@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from freestack.ingest.spec import Column
-    from freestack.score.core import ScoringModel
+    from freestack.score.model import ScoringModel
     from freestack.spec import PipelineSpec
 
 

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 from freestack.errors import ScoreError, SpecError
 from freestack.ingest.lake import landing_dir
 from freestack.judging.client import openai_client, short
-from freestack.ml.generation import ChatColumns, ChatError, parse_messages
+from freestack.keys import NO_KEYS, Keys
+from freestack.ml.lm.chat import ChatColumns, ChatError, parse_messages
 from freestack.score import core
 from freestack.score.answers_writer import COLUMNS, answers_batch, check_cap, output_schema, row_chat
 from freestack.score.day import day_record, input_files, input_names, read_day
@@ -222,11 +223,11 @@ def student_of(spec: PipelineSpec) -> PipelineSpec | None:
     return student
 
 
-def plan(spec: PipelineSpec, start: datetime, end: datetime, api_key: str | None = None) -> dict[str, Any]:
+def plan(spec: PipelineSpec, start: datetime, end: datetime, keys: Keys = NO_KEYS) -> dict[str, Any]:
     """:func:`freestack.score.core.plan` for a teacher: the teacher answers (and lists its model), the
     student (``land``) is checked, every input file has the prompt column, one job per day with input."""
     teacher = spec.score.teacher
-    TeacherClient(teacher, api_key).check()
+    TeacherClient(teacher, keys.teacher).check()
     student_of(spec)
     name, key = spec.model.chat.messages or spec.model.chat.prompt, spec.source.schema_.key
     jobs, skipped = [], []
@@ -256,11 +257,11 @@ def plan(spec: PipelineSpec, start: datetime, end: datetime, api_key: str | None
 
 
 def score(
-    spec: PipelineSpec, job: dict[str, Any], run: dict[str, str] | None = None, api_key: str | None = None
+    spec: PipelineSpec, job: dict[str, Any], run: dict[str, str] | None = None, keys: Keys = NO_KEYS
 ) -> dict[str, Any]:
     """Answer ``job``'s day by the teacher and publish it whole; then, with ``land``, write the finished
     answers into the student's landing folder (replacing the day's earlier file). Returns the manifest."""
-    teacher = Teacher(spec, api_key)
+    teacher = Teacher(spec, keys.teacher)
     manifest = core.score(spec, job, run, teacher, write=write_teacher_answers)
     student = student_of(spec)
     if student is not None:

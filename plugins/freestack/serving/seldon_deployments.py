@@ -7,7 +7,7 @@ train stage reaches its PyTorchJobs; the manifests themselves are :mod:`freestac
     stored = apply(manifest, conn_id)        # create, or replace carrying resourceVersion
     # ... SeldonDeploymentAvailableTrigger waits for status.state == Available ...
     smoke_rollout(spec, record)              # the version's test rows, answered as evaluated
-    promote_canary(name, namespace, conn_id) # or rollback_canary / set_traffic
+    promote_canary(KubeRef(name, namespace, conn_id))  # or rollback_canary / set_traffic
 
 Every call that reaches the cluster raises ``DeployError`` (or its ``KubernetesUnavailable``
 subclass when the cluster cannot be reached or is failing) with a message naming the API
@@ -28,6 +28,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from freestack.errors import DeployError
+from freestack.kube import KubeRef
 from freestack.kube.api import AnswerWords, Session
 from freestack.kube.api import api_session as kube_session
 from freestack.kube.api import delete as kube_delete
@@ -101,10 +102,10 @@ class _Session(Session):
         from kubernetes.client import CoreV1Api
 
         self.action = f"read Secret {secret} (deploy.api_key) for"
-        data = CoreV1Api(self.api.api_client).read_namespaced_secret(secret, self.namespace).data or {}
+        data = CoreV1Api(self.api.api_client).read_namespaced_secret(secret, self.ref.namespace).data or {}
         if key not in data:
             raise DeployError(
-                f"Secret {self.namespace}/{secret} has no key {key!r} (deploy.api_key.secret_key); it has "
+                f"Secret {self.ref.namespace}/{secret} has no key {key!r} (deploy.api_key.secret_key); it has "
                 f"{', '.join(sorted(data)) or 'none'}: add it (`kubectl create secret generic {secret} "
                 f"--from-literal={key}=<the key>`) or name the one that holds the key"
             )
@@ -142,13 +143,11 @@ class _Session(Session):
             return code, raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
 
-def api_session(conn_id: str, namespace: str, name: str) -> AbstractContextManager[_Session]:
+def api_session(deployment: KubeRef) -> AbstractContextManager[_Session]:
     """A session on the connection's cluster for one SeldonDeployment (:func:`freestack.kube.api.api_session`):
     every failure inside becomes a DeployError naming the API server, the object and what to check."""
     return kube_session(
-        conn_id,
-        namespace,
-        name,
+        deployment,
         session_class=_Session,
         words=ANSWER_WORDS,
         error=DeployError,
@@ -156,11 +155,11 @@ def api_session(conn_id: str, namespace: str, name: str) -> AbstractContextManag
     )
 
 
-def _ident(manifest: dict[str, Any]) -> tuple[str, str]:
+def _deployment(manifest: dict[str, Any], conn_id: str) -> KubeRef:
     meta = manifest.get("metadata") or {}
     if not meta.get("name") or not meta.get("namespace"):
         raise ValueError("the manifest needs metadata.name and metadata.namespace (use build_manifest)")
-    return meta["name"], meta["namespace"]
+    return KubeRef(meta["name"], meta["namespace"], conn_id)
 
 
 def apply(
@@ -173,9 +172,9 @@ def apply(
     is left alone unless ``force``. ``dry_run`` asks the API server to validate without storing."""
     from kubernetes.client.exceptions import ApiException
 
-    name, namespace = _ident(manifest)
+    deployment = _deployment(manifest, conn_id)
     kw = {"dry_run": "All"} if dry_run else {}
-    with api_session(conn_id, namespace, name) as s:
+    with api_session(deployment) as s:
         body = copy.deepcopy(manifest)
         body.pop("status", None)
         body["metadata"].pop("resourceVersion", None)
@@ -194,8 +193,8 @@ def apply(
             managed = ((current.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY_KEY)
             if managed != MANAGED_BY and not force:
                 raise DeployError(
-                    f"SeldonDeployment {namespace}/{name} already exists on {s.host} and is not managed by "
-                    f"freestack (label {MANAGED_BY_KEY}={managed!r}); delete it, or set deploy.name to "
+                    f"SeldonDeployment {deployment.describe()} already exists on {s.host} and is not managed "
+                    f"by freestack (label {MANAGED_BY_KEY}={managed!r}); delete it, or set deploy.name to "
                     "another name"
                 )
             update = copy.deepcopy(body)
@@ -207,27 +206,25 @@ def apply(
                     raise
                 create = exc.status == 404
         raise DeployError(
-            f"SeldonDeployment {namespace}/{name} on {s.host} kept changing while being applied "
+            f"SeldonDeployment {deployment.describe()} on {s.host} kept changing while being applied "
             f"({_CONFLICT_RETRIES} conflicts in a row): another process is writing it; try again",
             status=409,
         )
 
 
-def get(name: str, namespace: str, conn_id: str) -> dict[str, Any] | None:
+def get(deployment: KubeRef) -> dict[str, Any] | None:
     """The SeldonDeployment as stored, or None when it does not exist."""
-    with api_session(conn_id, namespace, name) as s:
+    with api_session(deployment) as s:
         return s.read()
 
 
-def delete(name: str, namespace: str, conn_id: str) -> bool:
+def delete(deployment: KubeRef) -> bool:
     """Delete the SeldonDeployment; False when there was none."""
-    return kube_delete(name, namespace, conn_id, session=api_session)
+    return kube_delete(deployment, session=api_session)
 
 
 def _update(
-    name: str,
-    namespace: str,
-    conn_id: str,
+    deployment: KubeRef,
     change: Callable[[dict[str, Any]], dict[str, Any] | None],
     *,
     patch: bool = False,
@@ -236,13 +233,13 @@ def _update(
     that was read (a replace, or a merge patch of ``spec.predictors`` that carries it), retrying conflicts."""
     from kubernetes.client.exceptions import ApiException
 
-    with api_session(conn_id, namespace, name) as s:
+    with api_session(deployment) as s:
         for _ in range(_CONFLICT_RETRIES):
             current = s.read()
             if current is None:
                 raise DeployError(
-                    f"SeldonDeployment {namespace}/{name} does not exist on {s.host} (connection {conn_id!r}); "
-                    "deploy it first",
+                    f"SeldonDeployment {deployment.describe()} does not exist on {s.host} "
+                    f"(connection {deployment.conn_id!r}); deploy it first",
                     status=404,
                 )
             desired = change(copy.deepcopy(current))
@@ -266,13 +263,13 @@ def _update(
                     continue
                 raise
         raise DeployError(
-            f"SeldonDeployment {namespace}/{name} on {s.host} kept changing ({_CONFLICT_RETRIES} conflicts in a "
-            "row): another process is writing it; try again",
+            f"SeldonDeployment {deployment.describe()} on {s.host} kept changing ({_CONFLICT_RETRIES} conflicts "
+            "in a row): another process is writing it; try again",
             status=409,
         )
 
 
-def set_traffic(name: str, namespace: str, conn_id: str, *, canary_traffic: int) -> dict[str, Any]:
+def set_traffic(deployment: KubeRef, *, canary_traffic: int) -> dict[str, Any]:
     """Send ``canary_traffic`` percent of requests to the canary predictor and the rest to main (a merge
     patch conditioned on the resourceVersion just read)."""
     if (
@@ -286,18 +283,18 @@ def set_traffic(name: str, namespace: str, conn_id: str, *, canary_traffic: int)
         main, canary = split_predictors(obj)
         if canary is None:
             raise DeployError(
-                f"SeldonDeployment {namespace}/{name} has no {CANARY!r} predictor to send traffic to; deploy a "
-                "canary first (deploy.kubernetes.canary)"
+                f"SeldonDeployment {deployment.describe()} has no {CANARY!r} predictor to send traffic to; "
+                "deploy a canary first (deploy.kubernetes.canary)"
             )
         if main.get("traffic") == 100 - canary_traffic and canary.get("traffic") == canary_traffic:
             return None
         main["traffic"], canary["traffic"] = 100 - canary_traffic, canary_traffic
         return obj
 
-    return _update(name, namespace, conn_id, change, patch=True)
+    return _update(deployment, change, patch=True)
 
 
-def promote_canary(name: str, namespace: str, conn_id: str, *, version: str | None = None) -> dict[str, Any]:
+def promote_canary(deployment: KubeRef, *, version: str | None = None) -> dict[str, Any]:
     """The canary's container (image, version, URI) becomes main's, the canary predictor goes, main takes
     all traffic. With ``version``: the canary must serve that version; when there is no canary and main
     already serves it, nothing changes (so a retried task is harmless)."""
@@ -312,13 +309,13 @@ def promote_canary(name: str, namespace: str, conn_id: str, *, version: str | No
             ):
                 return None
             raise DeployError(
-                f"SeldonDeployment {namespace}/{name} has no {CANARY!r} predictor to promote "
+                f"SeldonDeployment {deployment.describe()} has no {CANARY!r} predictor to promote "
                 f"(main serves version {predictor_version(main)!r})"
             )
         new_version = predictor_version(canary)
         if version is not None and new_version != version:
             raise DeployError(
-                f"the canary of SeldonDeployment {namespace}/{name} serves version {new_version!r}, not "
+                f"the canary of SeldonDeployment {deployment.describe()} serves version {new_version!r}, not "
                 f"{version!r}: refusing to promote it"
             )
         main["componentSpecs"] = copy.deepcopy(canary["componentSpecs"])
@@ -339,10 +336,10 @@ def promote_canary(name: str, namespace: str, conn_id: str, *, version: str | No
         annotations.pop(CANARY_URI_KEY, None)
         return obj
 
-    return _update(name, namespace, conn_id, change)
+    return _update(deployment, change)
 
 
-def rollback_canary(name: str, namespace: str, conn_id: str) -> dict[str, Any]:
+def rollback_canary(deployment: KubeRef) -> dict[str, Any]:
     """Remove the canary predictor; main takes all traffic. Nothing changes when there is no canary."""
 
     def change(obj: dict[str, Any]) -> dict[str, Any] | None:
@@ -357,7 +354,7 @@ def rollback_canary(name: str, namespace: str, conn_id: str) -> dict[str, Any]:
             (meta.get("annotations") or {}).pop(key, None)
         return obj
 
-    return _update(name, namespace, conn_id, change)
+    return _update(deployment, change)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -374,7 +371,7 @@ def start_rollout(spec: PipelineSpec, version: str, model_uri: str, *, reason: s
     target = spec.deploy.kubernetes
     name = spec.deployment_name
     smoke_sample(registry_for(spec).version_uri(version), SMOKE_ROWS)  # no stored test rows: not rolled out
-    serving = served_version(get(name, target.namespace, target.conn_id))
+    serving = served_version(get(KubeRef(name, target.namespace, target.conn_id)))
     canary = target.canary is not None and serving is not None and serving[0] != version
     logs = monitoring_uri(str(storage_root(spec.storage_root)), spec.model_name)
     main_version, main_uri = serving if canary else (version, model_uri)
@@ -454,6 +451,7 @@ def smoke_rollout(
     from freestack.serving.smoke import smoke_sample, smoke_test, smoke_test_v2, truncated
 
     target, name = spec.deploy.kubernetes, spec.deployment_name
+    deployment = KubeRef(name, target.namespace, target.conn_id)
     canary = record.get("role") == CANARY
     version = record.get("canary_version" if canary else "version")
     if not version:
@@ -461,10 +459,10 @@ def smoke_rollout(
     uri = registry_for(spec).version_uri(version)
     sample = smoke_sample(uri, SMOKE_ROWS) if sample is None else truncated(sample, SMOKE_ROWS)
     service = predictor_service(name, CANARY if canary else MAIN)
-    path = f"/api/v1/namespaces/{target.namespace}/services/{service}:http/proxy"
+    path = f"/api/v1/namespaces/{deployment.namespace}/services/{service}:http/proxy"
     key = spec.deploy.api_key
     try:
-        with api_session(target.conn_id, target.namespace, name) as s:
+        with api_session(deployment) as s:
             if spec.deploy.runtime == "mlserver":  # a key travels as api-key: the proxy drops Authorization
                 sent = {"api-key": s.secret_value(key.secret, key.secret_key)} if key and key.secret else {}
                 post = functools.partial(s.proxy_post, headers=sent)
@@ -473,7 +471,7 @@ def smoke_rollout(
     except DeployError as exc:
         if not canary or isinstance(exc, KubernetesUnavailable):
             raise
-        rollback_canary(name, target.namespace, target.conn_id)
+        rollback_canary(deployment)
         raise DeployError(
             f"{exc}\nThe canary ({version}) was removed: {record.get('version')} takes all traffic again."
         ) from exc

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from freestack.kube import KubeRef
 from freestack.kube.trigger import CustomObjectTrigger
 from freestack.serving import manifests, seldon_deployments
 
@@ -28,10 +29,8 @@ class SeldonDeploymentAvailableTrigger(CustomObjectTrigger):
     def of(cls, name: str, target: KubernetesTarget) -> SeldonDeploymentAvailableTrigger:
         """The wait for the SeldonDeployment ``name`` of a deploy target: its namespace and connection,
         within its ``timeout_minutes``, polling every ``poll_seconds``."""
-        return cls(
-            name=name,
-            namespace=target.namespace,
-            conn_id=target.conn_id,
+        return cls.for_ref(
+            KubeRef(name, target.namespace, target.conn_id),
             timeout_seconds=target.timeout_minutes * 60,
             poll_seconds=target.poll_seconds,
         )
@@ -59,7 +58,7 @@ class SeldonDeploymentAvailableTrigger(CustomObjectTrigger):
     def timeout_message(self, last: str) -> str:
         return (
             f"{self.what} was not Available within {self.timeout_seconds:g}s; last seen: {last}. Look at its "
-            f"pods ('kubectl -n {self.namespace} get pods -l seldon-deployment-id={self.name}', then "
+            f"pods ('kubectl -n {self.ref.namespace} get pods -l seldon-deployment-id={self.ref.name}', then "
             "describe/logs: image pull, crash loop, readiness probe) or raise "
             "deploy.kubernetes.timeout_minutes."
         )

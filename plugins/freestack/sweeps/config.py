@@ -14,6 +14,8 @@ from freestack.sweeps.spec import (
     TUNABLE_MODEL,
     TUNABLE_TRAIN,
     SweepConfigError,
+    SweepParameter,
+    SweepSpec,
     objectives,
     wandb_part,
 )
@@ -32,10 +34,10 @@ def sweeps_engine():
     return sweeps
 
 
-def engine_part(config: dict[str, Any]) -> dict[str, Any]:
-    """The config without the server-side keys and freestack's own (several objectives, the candidate rule):
-    what the search engine validates and reads."""
-    return wandb_part(config)
+def engine_part(config: SweepSpec) -> dict[str, Any]:
+    """The config as a plain mapping without the server-side keys and freestack's own (several objectives,
+    the candidate rule): what the search engine validates and reads."""
+    return wandb_part(config.config())
 
 
 def to_overrides(run_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -72,7 +74,7 @@ def to_overrides(run_config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def kept_metric(config: dict[str, Any]) -> tuple[str, str] | None:
+def kept_metric(config: SweepSpec) -> tuple[str, str] | None:
     """The sweep's metric (name, goal) its trials keep their best epoch on; None when it names none (the
     trainer's own metric, which the sweep then compares on too)."""
     found = objectives(config)  # several: the first, an epoch metric
@@ -127,26 +129,22 @@ def plain_values(run_config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def engine_run_config(run_config: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+def engine_run_config(run_config: dict[str, Any], config: SweepSpec) -> dict[str, Any]:
     """A trial's config in the engine's internal naming: nested parameters flattened with its delimiter
     (the engine proposes nested configs but, handed them back, compares flattened names)."""
     delim = sweeps_engine().params.HyperParameterSet.NESTING_DELIMITER
     out: dict[str, Any] = {}
 
-    def walk(values: dict[str, Any], params: dict[str, Any], prefix: str) -> None:
+    def walk(values: dict[str, Any], params: dict[str, SweepParameter], prefix: str) -> None:
         for name, value in values.items():
             inner = value["value"] if isinstance(value, dict) and set(value) == {"value"} else value
             spec = params.get(name)
-            if (
-                isinstance(spec, dict)
-                and isinstance(spec.get("parameters"), dict)
-                and isinstance(inner, dict)
-            ):
-                walk(inner, spec["parameters"], f"{prefix}{name}{delim}")
+            if spec is not None and spec.parameters is not None and isinstance(inner, dict):
+                walk(inner, spec.parameters, f"{prefix}{name}{delim}")
             else:
                 out[f"{prefix}{name}"] = {"value": inner}
 
-    walk(run_config, config["parameters"], "")
+    walk(run_config, config.parameters, "")
     return out
 
 

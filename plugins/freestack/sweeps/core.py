@@ -51,7 +51,7 @@ from freestack.settings import settings
 from freestack.storage import cas, join, storage_root, subfolders
 from freestack.sweeps import pareto
 from freestack.sweeps.config import engine_part, engine_run_config, json_safe, plain_values, sweeps_engine
-from freestack.sweeps.spec import OPTUNA_METHODS, grid_size
+from freestack.sweeps.spec import OPTUNA_METHODS, SweepSpec, grid_size
 from freestack.sweeps.values import best_of, kept_value
 
 if TYPE_CHECKING:
@@ -149,8 +149,8 @@ def create_sweep(
     """Write ``sweep.json`` (once: a retry finds the same sweep and reuses it)."""
     if spec.sweep is None:
         raise SweepError(f"pipeline {spec.name!r} has no sweep: block; add one (W&B sweep configuration)")
-    config = spec.sweep.config()
-    cap = config.get("run_cap")
+    config = spec.sweep
+    cap = config.run_cap
     size = grid_size(config)
     doc = {
         "id": sweep_id,
@@ -168,18 +168,18 @@ def create_sweep(
     }
     path = join(sweep_dir(spec, sweep_id), SWEEP_FILE)
     try:
-        cas.create(path, _dump(doc))
+        cas.create(path, _dump({**doc, "config": config.config()}))
         log.info(
             "sweep %s created at %s: %s, at most %d trials",
             sweep_id,
             path.parent,
-            config["method"],
+            config.method,
             doc["max_trials"],
         )
         return doc
     except cas.CasConflict:
         existing = load_sweep(spec, sweep_id)
-        if json_safe(existing["config"]) != json_safe(config):
+        if existing["config"].config() != config.config():  # as the document stores them
             raise SweepError(
                 f"sweep {sweep_id} already exists at {path} with a different sweep config; "
                 "start a new run (a new sweep id) to search a changed space"
@@ -193,7 +193,14 @@ def load_sweep(spec: PipelineSpec, sweep_id: str) -> dict[str, Any]:
     got = cas.read(path)
     if got is None:
         raise SweepError(f"sweep {sweep_id} does not exist ({path} is missing); run create_sweep first")
-    return json.loads(got.data)
+    return parse_sweep(got.data)
+
+
+def parse_sweep(data: bytes) -> dict[str, Any]:
+    """A sweep document as ``sweep.json`` holds it, its config read into the sweep's model
+    (:meth:`~freestack.sweeps.spec.SweepSpec.stored`: a document of an older version too)."""
+    doc = json.loads(data)
+    return {**doc, "config": SweepSpec.stored(doc["config"])}
 
 
 def load_trials(spec: PipelineSpec, sweep_id: str) -> list[tuple[dict[str, Any], str]]:
@@ -209,11 +216,11 @@ def load_trials(spec: PipelineSpec, sweep_id: str) -> list[tuple[dict[str, Any],
     return out
 
 
-def engine_runs(config: dict[str, Any], trials: list[dict[str, Any]]) -> list[Any]:
+def engine_runs(config: SweepSpec, trials: list[dict[str, Any]]) -> list[Any]:
     """The trials as the engine's SweepRun objects."""
     engine = sweeps_engine()
-    metric = (config.get("metric") or {}).get("name")
-    goal = (config.get("metric") or {}).get("goal", "minimize")
+    metric = config.metric.name if config.metric is not None else None
+    goal = config.metric.goal if config.metric is not None else "minimize"
     runs = []
     for t in trials:
         summary = dict(t.get("summary") or {})
@@ -383,7 +390,7 @@ class LocalAgent:
         # an agent with nothing to start looks again this often (others may finish, or die)
         self.poll = poll_seconds if poll_seconds is not None else min(1.0, self.ttl / 4)
         self.sweep = load_sweep(spec, sweep_id)
-        self.config = self.sweep["config"]
+        self.config: SweepSpec = self.sweep["config"]
         self.max_trials = int(self.sweep["max_trials"])
         self.report = AgentReport(agent=self.agent_id)
         self._trial_seconds: list[float] = []  # how long this agent's own trials took (monotonic)
@@ -580,7 +587,7 @@ class LocalAgent:
         random.seed(seed)  # the engine samples distributions with the random module
         np.random.seed(seed)  # and bayes with numpy
         try:
-            if self.config["method"] in OPTUNA_METHODS:  # Optuna's sampler, seeded the same way
+            if self.config.method in OPTUNA_METHODS:  # Optuna's sampler, seeded the same way
                 config, info = json_safe(pareto.suggest(self.config, docs, seed)), None
             else:
                 suggestion = engine.next_run(engine_part(self.config), engine_runs(self.config, docs))
@@ -616,7 +623,7 @@ class LocalAgent:
 
     def _run_claimed(self, doc: dict[str, Any], token: str) -> bool:
         lease = TrialLease(self._trial_path(doc["id"]), doc, token, self.agent_id, self.ttl)
-        early = self.config.get("early_terminate") is not None
+        early = self.config.early_terminate is not None
 
         def report_epoch(row: dict[str, float]) -> bool:
             self.report.epochs += 1
@@ -680,6 +687,7 @@ __all__ = [
     "lease_seconds",
     "load_sweep",
     "load_trials",
+    "parse_sweep",
     "sweep_dir",
     "sweep_id_for",
     "trial_folder",

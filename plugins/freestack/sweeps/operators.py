@@ -14,7 +14,7 @@ from airflow.providers.standard.operators.branch import BaseBranchOperator
 from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowFailException
 
-from freestack.hooks.credentials import judge_api_key, rollout_api_key
+from freestack.hooks.credentials import task_keys
 from freestack.hooks.huggingface import HubEnvironment
 from freestack.hooks.wandb import WandbHook
 from freestack.operator_links import FreestackPageLink, WandbRunLink
@@ -86,7 +86,7 @@ class CreateSweepOperator(PipelineOperator):
             "window": window,
         }
         settings = None
-        if server_can_run(spec.sweep.config()):
+        if server_can_run(spec.sweep):
             settings = server_settings(WandbHook().checked_settings())
         else:
             self.log.info(
@@ -152,15 +152,12 @@ class SweepAgentOperator(TorchTask, HubEnvironment, PipelineOperator):
         slot = f"{ti.dag_id}/{ti.run_id}/{ti.task_id}/{getattr(ti, 'map_index', self.agent_index)}"
         agent_id = f"{slot}/try{ti.try_number}/pid{os.getpid()}"
         tracking = WandbHook().checked_settings()
-        keys = {
-            "judge_key": judge_api_key(spec.gate.judge) if spec.judge_rewarded else None,
-            "rollout_key": rollout_api_key(spec),
-        }
+        keys = task_keys(spec, judge=spec.judge_rewarded, rollout=True)
         try:
             sweep = load_sweep(spec, self.sweep_id)
             if self.sweep_mode == "wandb":
-                return run_server_agent(spec, sweep, agent_id=agent_id, settings=tracking, **keys)
-            runner = make_trial_runner(spec, sweep, tracking_settings=tracking, **keys)
+                return run_server_agent(spec, sweep, agent_id=agent_id, settings=tracking, keys=keys)
+            runner = make_trial_runner(spec, sweep, tracking_settings=tracking, keys=keys)
             agent = LocalAgent(
                 spec, self.sweep_id, runner, agent_id=agent_id, slot=slot, try_number=ti.try_number
             )

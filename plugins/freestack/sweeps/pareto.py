@@ -14,34 +14,36 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from freestack.sweeps.spec import leaf_parameters, objectives
+from freestack.sweeps.spec import CandidateLimit, CandidateRule, SweepSpec, objectives
 from freestack.sweeps.values import objective_value
 
 
-def values_of(trial: dict[str, Any], config: dict[str, Any]) -> list[float] | None:
+def values_of(trial: dict[str, Any], config: SweepSpec) -> list[float] | None:
     """The trial's values on every objective, in order; None when one is missing."""
     out = [objective_value(trial, name, goal) for name, goal in objectives(config)]
     return None if any(v is None for v in out) else out  # type: ignore[return-value]
 
 
-def distributions(config: dict[str, Any]) -> dict[str, Any]:
+def distributions(config: SweepSpec) -> dict[str, Any]:
     """The sweep's searched leaves (dotted paths) as Optuna distributions; fixed values are left out."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     out: dict[str, Any] = {}
     encoded = _encoded(config)
-    for path, p in leaf_parameters(config["parameters"]).items():
-        dist = p.get("distribution")
-        if "values" in p:  # with a list or mapping among them (channels: [8, 16]), every one as JSON text
+    for path, p in config.leaves().items():
+        dist = p.distribution
+        if (
+            p.values is not None
+        ):  # with a list or mapping among them (channels: [8, 16]), every one as JSON text
             out[path] = CategoricalDistribution(
-                [json.dumps(v, sort_keys=True) if path in encoded else v for v in p["values"]]
+                [json.dumps(v, sort_keys=True) if path in encoded else v for v in p.values]
             )
         elif dist == "int_uniform":
-            out[path] = IntDistribution(int(p["min"]), int(p["max"]))
+            out[path] = IntDistribution(int(p.min), int(p.max))
         elif dist in ("uniform", "q_uniform", "log_uniform_values"):
-            step = p.get("q") if dist == "q_uniform" else None
+            step = p.q if dist == "q_uniform" else None
             log_scale = dist == "log_uniform_values"
-            out[path] = FloatDistribution(float(p["min"]), float(p["max"]), log=log_scale, step=step)
+            out[path] = FloatDistribution(float(p.min), float(p.max), log=log_scale, step=step)
     return out
 
 
@@ -49,27 +51,23 @@ def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, bool | int | float | str)
 
 
-def _encoded(config: dict[str, Any]) -> set[str]:
+def _encoded(config: SweepSpec) -> set[str]:
     """The leaves whose values Optuna keeps as JSON text (a list or mapping among them)."""
-    return {
-        path
-        for path, p in leaf_parameters(config["parameters"]).items()
-        if not all(_is_scalar(v) for v in p.get("values") or [])
-    }
+    return {path for path, p in config.leaves().items() if not all(_is_scalar(v) for v in p.values or [])}
 
 
-def _fixed(config: dict[str, Any]) -> dict[str, Any]:
-    return {path: p["value"] for path, p in leaf_parameters(config["parameters"]).items() if "value" in p}
+def _fixed(config: SweepSpec) -> dict[str, Any]:
+    return {path: p.value for path, p in config.leaves().items() if p.value is not None}
 
 
-def study_of(config: dict[str, Any], trials: list[dict[str, Any]], seed: int | None = None):
+def study_of(config: SweepSpec, trials: list[dict[str, Any]], seed: int | None = None):
     """An in-memory Optuna study holding the sweep's trials, with the method's sampler."""
     import optuna
     from optuna.trial import TrialState, create_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     goals = [goal for _, goal in objectives(config)]
-    if config["method"] == "nsga2":
+    if config.method == "nsga2":
         sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=_population(config))
     else:
         sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=_startup(config))
@@ -100,17 +98,17 @@ def study_of(config: dict[str, Any], trials: list[dict[str, Any]], seed: int | N
     return study
 
 
-def _population(config: dict[str, Any]) -> int:
+def _population(config: SweepSpec) -> int:
     """NSGA-II's generation: a quarter of the trials, at least 2 and at most Optuna's default 50."""
-    return max(2, min(50, int(config.get("run_cap") or 8) // 4))
+    return max(2, min(50, int(config.run_cap or 8) // 4))
 
 
-def _startup(config: dict[str, Any]) -> int:
+def _startup(config: SweepSpec) -> int:
     """TPE's random trials before it models: a third of the trials, at least 2 and at most its default 10."""
-    return max(2, min(10, int(config.get("run_cap") or 8) // 3))
+    return max(2, min(10, int(config.run_cap or 8) // 3))
 
 
-def suggest(config: dict[str, Any], trials: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+def suggest(config: SweepSpec, trials: list[dict[str, Any]], seed: int) -> dict[str, Any]:
     """The next trial's config, in the W&B engine's form (``{"lr": {"value": 0.1}, "model": {"value":
     {"dropout": 0.2}}}``): the method's sampler on the trials so far, seeded for the trial's number."""
     dists = distributions(config)
@@ -130,42 +128,41 @@ def suggest(config: dict[str, Any], trials: list[dict[str, Any]], seed: int) -> 
     return out
 
 
-def front(config: dict[str, Any], trials: list[dict[str, Any]]) -> list[str]:
+def front(config: SweepSpec, trials: list[dict[str, Any]]) -> list[str]:
     """The ids of the finished trials on the Pareto front of the objectives (none better on every one)."""
     return [t.user_attrs["id"] for t in study_of(config, trials).best_trials]
 
 
-def choose(config: dict[str, Any], rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+def choose(config: SweepSpec, rows: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
     """The candidate among the front's ``rows`` (each with every objective's value by name) by the sweep's
     ``candidate`` rule, and the reason in words. No rule: the best on the first objective."""
     goals = dict(objectives(config))
-    rule = config.get("candidate") or {"best": next(iter(goals))}
-    kept, dropped = _within(rows, rule.get("limits") or {})
+    rule = config.candidate or CandidateRule(best=next(iter(goals)))
+    kept, dropped = _within(rows, rule.limits)
     if not kept:
         raise ValueError(f"no trial of the front keeps candidate.limits: {'; '.join(dropped)}")
-    if rule.get("weights"):
-        scores = _scores(kept, rule["weights"], goals)
+    if rule.weights:
+        scores = _scores(kept, rule.weights, goals)
         best = max(kept, key=lambda r: scores[r["trial"]])
-        why = f"the highest weighted score {scores[best['trial']]:.4f} ({_weights(rule['weights'])})"
+        why = f"the highest weighted score {scores[best['trial']]:.4f} ({_weights(rule.weights)})"
     else:
-        name = rule["best"]
+        name = rule.best
         pick = max if goals[name] == "maximize" else min
         best = pick(kept, key=lambda r: r[name])
         why = f"the best {name} ({best[name]:.6g}, {goals[name]})"
-    limits = f" within {_limits(rule['limits'])}" if rule.get("limits") else ""
+    limits = f" within {_limits(rule.limits)}" if rule.limits else ""
     out = f"; left out: {'; '.join(dropped)}" if dropped else ""
     return best, f"{best['trial']}: {why} of {len(kept)} front trials{limits}{out}"
 
 
-def _within(rows: list[dict[str, Any]], limits: dict[str, dict[str, float]]) -> tuple[list, list[str]]:
+def _within(rows: list[dict[str, Any]], limits: dict[str, CandidateLimit]) -> tuple[list, list[str]]:
     kept, dropped = [], []
     for r in rows:
         broken = [
-            f"{name} {r[name]:.6g} {'<' if 'min' in b and r[name] < b['min'] else '>'} "
-            f"{b['min'] if 'min' in b and r[name] < b['min'] else b['max']:g}"
+            f"{name} {r[name]:.6g} {'<' if b.min is not None and r[name] < b.min else '>'} "
+            f"{b.min if b.min is not None and r[name] < b.min else b.max:g}"
             for name, b in limits.items()
-            if ("min" in b and b["min"] is not None and r[name] < b["min"])
-            or ("max" in b and b["max"] is not None and r[name] > b["max"])
+            if (b.min is not None and r[name] < b.min) or (b.max is not None and r[name] > b.max)
         ]
         (dropped.append(f"{r['trial']} ({', '.join(broken)})") if broken else kept.append(r))
     return kept, dropped
@@ -186,13 +183,13 @@ def _weights(weights: dict[str, float]) -> str:
     return ", ".join(f"{w:g} x {name}" for name, w in weights.items())
 
 
-def _limits(limits: dict[str, dict[str, float]]) -> str:
+def _limits(limits: dict[str, CandidateLimit]) -> str:
     parts = []
     for name, b in limits.items():
-        if b.get("min") is not None:
-            parts.append(f"{name} ≥ {b['min']:g}")
-        if b.get("max") is not None:
-            parts.append(f"{name} ≤ {b['max']:g}")
+        if b.min is not None:
+            parts.append(f"{name} ≥ {b.min:g}")
+        if b.max is not None:
+            parts.append(f"{name} ≤ {b.max:g}")
     return ", ".join(parts)
 
 

@@ -21,7 +21,7 @@ from freestack.registry.core import registry_for
 from freestack.storage import join, list_objects, to_path, write_bytes, write_json
 from freestack.sweeps import pareto
 from freestack.sweeps.core import SweepError, kept_value, load_sweep, load_trials, sweep_dir
-from freestack.sweeps.spec import leaf_parameters, objectives
+from freestack.sweeps.spec import SweepSpec, objectives
 from freestack.sweeps.values import objective_value
 from freestack.tracking.wandb import WandbSettings, start_run
 from freestack.train.window import window_interval
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def sweep_metric(config: dict[str, Any], task: str | None) -> tuple[str, str]:
+def sweep_metric(config: SweepSpec, task: str | None) -> tuple[str, str]:
     """The metric trials are compared on: the sweep's, else the trainer's primary validation metric."""
     # ml.metrics loads numpy; the operators (DAG parse) and the UI import this module
     from freestack.ml.metrics import PRIMARY
@@ -85,16 +85,14 @@ def _csv(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode()
 
 
-def plot_metric_vs_params(
-    rows: list[dict[str, Any]], metric: str, goal: str, config: dict[str, Any]
-) -> bytes:
+def plot_metric_vs_params(rows: list[dict[str, Any]], metric: str, goal: str, config: SweepSpec) -> bytes:
     """One panel per parameter: the metric of every trial (finished in blue, stopped early in grey)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    leaves = leaf_parameters(config["parameters"])
+    dists = {path: p.distribution or "" for path, p in config.leaves().items()}
     params = [k[len("param.") :] for k in dict.fromkeys(k for r in rows for k in r if k.startswith("param."))]
     params = params or ["(none)"]
     cols = min(3, len(params))
@@ -103,7 +101,7 @@ def plot_metric_vs_params(
     scored = [r for r in rows if isinstance(r.get(metric), int | float)]
     best = (max if goal == "maximize" else min)(scored, key=lambda r: r[metric], default=None)
     for ax, name in zip(axes.flat, params, strict=False):
-        _panel(ax, name, scored, best, metric, (leaves.get(name) or {}).get("distribution", ""))
+        _panel(ax, name, scored, best, metric, dists.get(name, ""))
     for ax in list(axes.flat)[len(params) :]:
         ax.axis("off")
     fig.suptitle(f"{metric} ({goal}) by parameter; grey: stopped early, star: best", fontsize=10)
@@ -155,7 +153,7 @@ def publish_best(
         **(lineage.get("sweep") or {}),
         "id": sweep["id"],
         "trial": best["trial"],
-        "method": sweep["config"]["method"],
+        "method": sweep["config"].method,
         "trials_uri": str(sweep_dir(spec, sweep["id"])),
         "selected_on": best["metric"],
         **({"candidate": best["candidate"]} if best.get("candidate") else {}),
@@ -202,7 +200,7 @@ def select_best(
     epochs_total = sum(r["epochs"] for r in rows)
     summary = {
         "sweep_id": sweep_id,
-        "method": sweep["config"]["method"],
+        "method": sweep["config"].method,
         "metric": metric,
         "goal": goal,
         "best_trial": best["trial"],
@@ -239,7 +237,7 @@ def select_best(
 
 
 def _candidate(
-    config: dict[str, Any], done: list[dict[str, Any]], metric: str, goal: str
+    config: SweepSpec, done: list[dict[str, Any]], metric: str, goal: str
 ) -> tuple[dict[str, Any], str | None]:
     """The trial the sweep publishes: with several objectives, the one its ``candidate`` rule picks from the
     Pareto front, and why (:func:`freestack.sweeps.pareto.choose`); else the best on its metric."""
@@ -253,7 +251,7 @@ def _candidate(
         raise SweepError(f"the sweep's candidate rule picks no trial: {exc}") from None
 
 
-def _front_summary(config: dict[str, Any], rows: list[dict[str, Any]], reason: str | None) -> dict[str, Any]:
+def _front_summary(config: SweepSpec, rows: list[dict[str, Any]], reason: str | None) -> dict[str, Any]:
     """With several objectives: them, the front's trials with their values, and why the candidate won."""
     found = objectives(config)
     if len(found) < 2:
@@ -262,7 +260,11 @@ def _front_summary(config: dict[str, Any], rows: list[dict[str, Any]], reason: s
     return {
         "objectives": [{"name": n, "goal": g} for n, g in found],
         "front": [{"trial": r["trial"], **{n: r.get(n) for n in names}} for r in rows if r.get("front")],
-        "candidate_rule": config.get("candidate") or {"best": names[0]},
+        "candidate_rule": (  # as the sweep's config writes it
+            config.candidate.model_dump(mode="json", exclude_none=True)
+            if config.candidate
+            else {"best": names[0]}
+        ),
         "candidate_reason": reason,
     }
 
@@ -279,7 +281,7 @@ def _log_to_wandb(spec, sweep, rows, summary, tracking_settings) -> dict[str, An
         tracking_settings,
         project=spec.name,
         name=f"{sweep['id']}-summary",
-        config={"sweep_id": sweep["id"], "sweep": sweep["config"]},
+        config={"sweep_id": sweep["id"], "sweep": sweep["config"].config()},
         tags=[f"pipeline:{spec.name}", f"sweep:{sweep['id']}"[:64]],
         group=sweep["id"],
         job_type="sweep-summary",

@@ -22,8 +22,9 @@ The block is checked twice when the spec is read: field by field by the models b
 the rules W&B's own sweep server applies (the open-source ``sweeps`` engine's schema) and by what
 freestack needs to run it (:func:`validate`): every parameter names something
 the trainer can change, the metric is one the trainer reports each epoch, and random and bayes sweeps
-have a ``run_cap``. :meth:`SweepSpec.config` gives the W&B configuration back as a plain mapping, the
-form the engine and the W&B server take.
+have a ``run_cap``. The sweep's code passes the model around; :meth:`SweepSpec.config` gives the W&B
+configuration back as a plain mapping only where one is needed: the sweep document (``sweep.json``), the
+engine and the W&B server. :meth:`SweepSpec.stored` reads that mapping back from a sweep document.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import functools
 import math
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
 from freestack.specbase import SpecModel
 
@@ -327,20 +328,20 @@ def leaf_parameters(parameters: dict[str, Any], prefix: str = "") -> dict[str, d
     return out
 
 
-def grid_size(config: dict[str, Any]) -> int | None:
+def grid_size(config: SweepSpec) -> int | None:
     """How many points a grid sweep has (None for random/bayes)."""
-    if config.get("method") != "grid":
+    if config.method != "grid":
         return None
     size = 1
-    for spec in leaf_parameters(config["parameters"]).values():
-        if "values" in spec:
-            size *= len(spec["values"])
-        elif "value" in spec:
+    for p in config.leaves().values():
+        if p.values is not None:
+            size *= len(p.values)
+        elif p.value is not None:
             continue
-        elif spec.get("distribution") == "int_uniform":
-            size *= int(spec["max"]) - int(spec["min"]) + 1
-        elif spec.get("distribution") == "q_uniform":
-            size *= max(1, math.ceil((spec["max"] - spec["min"]) / spec["q"]))
+        elif p.distribution == "int_uniform":
+            size *= int(p.max) - int(p.min) + 1
+        elif p.distribution == "q_uniform":
+            size *= max(1, math.ceil((p.max - p.min) / p.q))
     return size
 
 
@@ -402,15 +403,23 @@ def wandb_part(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def objectives(config: dict[str, Any]) -> list[tuple[str, str]]:
+def objectives(config: SweepSpec) -> list[tuple[str, str]]:
     """The sweep's objectives, (name, goal) each: ``metrics``, else its one ``metric`` (none: [])."""
+    if config.metrics:
+        return [(m.name, m.goal) for m in config.metrics]
+    metric = config.metric
+    return [(metric.name, metric.goal)] if metric is not None and metric.name else []
+
+
+def _objective_names(config: dict[str, Any]) -> list[str]:
+    """The names of the objectives of a block as written (checked before its model is built)."""
     if config.get("metrics"):
-        return [(m["name"], m.get("goal", "minimize")) for m in config["metrics"]]
+        return [m["name"] for m in config["metrics"]]
     metric = config.get("metric") or {}
-    return [(metric["name"], metric.get("goal", "minimize"))] if metric.get("name") else []
+    return [metric["name"]] if metric.get("name") else []
 
 
-def served(config: dict[str, Any]) -> bool:
+def served(config: SweepSpec) -> bool:
     """Whether an objective is a serving figure: each trial's model is then served and measured."""
     return any(name in SERVED_FIGURES for name, _ in objectives(config))
 
@@ -421,7 +430,7 @@ def _check_objectives(config: dict[str, Any]) -> None:
     if config.get("metrics") is not None:
         _check_metrics(config)
     if config.get("candidate") is not None:
-        _check_candidate(config["candidate"], [n for n, _ in objectives(config)])
+        _check_candidate(config["candidate"], _objective_names(config))
     if config["method"] in OPTUNA_METHODS:
         for path, p in leaf_parameters(config["parameters"]).items():
             dist = p.get("distribution") if isinstance(p, dict) else None
@@ -539,9 +548,27 @@ Distribution = Literal[
 
 #: the sweep agents' Airflow pool: one slot per agent that trains at once
 POOL = "freestack_sweep"
+#: the validation context of a config read back from a sweep document (:meth:`SweepSpec.stored`)
+_STORED = "stored"
 
 
-class SweepMetric(SpecModel):
+def _stored(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get(_STORED))
+
+
+class SweepModel(SpecModel):
+    """A part of the ``sweep:`` block. Read back from a sweep document (:meth:`SweepSpec.stored`), it passes
+    over the keys it does not name, as the sweep's code always did: an older version may have written them."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any, info: ValidationInfo) -> Any:
+        if _stored(info) and isinstance(data, dict):
+            return {k: v for k, v in data.items() if k in cls.model_fields}
+        return data
+
+
+class SweepMetric(SweepModel):
     """What the sweep optimises: a metric the trainer logs every epoch."""
 
     name: str = Field(
@@ -558,7 +585,7 @@ class SweepMetric(SpecModel):
     )
 
 
-class SweepObjective(SpecModel):
+class SweepObjective(SweepModel):
     """One of several objectives (``metrics``): an epoch metric or a figure of the trial's costs."""
 
     name: str = Field(
@@ -569,14 +596,14 @@ class SweepObjective(SpecModel):
     )
 
 
-class CandidateLimit(SpecModel):
+class CandidateLimit(SweepModel):
     """Bounds on one objective for the candidate rule."""
 
     min: float | None = Field(default=None, description="At least this.")
     max: float | None = Field(default=None, description="At most this.")
 
 
-class CandidateRule(SpecModel):
+class CandidateRule(SweepModel):
     """Which trial of the Pareto front becomes the candidate: the best on one objective within limits on
     the others, or the highest weighted score."""
 
@@ -591,7 +618,7 @@ class CandidateRule(SpecModel):
     )
 
 
-class EarlyTerminate(SpecModel):
+class EarlyTerminate(SweepModel):
     """Hyperband early termination: trials behind the others at a bracket are stopped."""
 
     type: Literal["hyperband"] = Field(description="The only kind W&B supports.")
@@ -603,7 +630,7 @@ class EarlyTerminate(SpecModel):
     eta: float | None = Field(default=None, gt=1, description="The bracket multiplier (default 3).")
 
 
-class SweepParameter(SpecModel):
+class SweepParameter(SweepModel):
     """One searchable parameter, as in W&B: a fixed ``value``, a list of ``values``, a ``distribution``
     with its bounds, or nested ``parameters``."""
 
@@ -623,7 +650,7 @@ class SweepParameter(SpecModel):
     parameters: dict[str, SweepParameter] | None = Field(default=None, description="Nested parameters.")
 
 
-class SweepSpec(SpecModel):
+class SweepSpec(SweepModel):
     """A W&B sweep configuration for the pipeline's trainer."""
 
     method: Literal["grid", "random", "bayes", "tpe", "nsga2"] = Field(
@@ -671,24 +698,48 @@ class SweepSpec(SpecModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _whole(cls, data: Any) -> Any:
-        """W&B's own rules and freestack's, on the block as written (messages name the field)."""
-        return validate(data)
+    def _whole(cls, data: Any, info: ValidationInfo) -> Any:
+        """W&B's own rules and freestack's, on the block as written (messages name the field); a stored
+        config was checked when it was written."""
+        return data if _stored(info) else validate(data)
+
+    @classmethod
+    def stored(cls, config: dict[str, Any]) -> SweepSpec:
+        """The config a sweep document holds (``sweep.json``, as :meth:`config` wrote it, in this version or
+        an older one), read back: not checked again, and the keys this version does not name passed over."""
+        return cls.model_validate(config, context={_STORED: True})
 
     def config(self) -> dict[str, Any]:
-        """The W&B sweep configuration as a plain mapping (the engine's and the W&B server's input)."""
+        """The W&B sweep configuration as a plain mapping: what the sweep document stores, and the engine's and
+        the W&B server's input."""
         return self.model_dump(mode="json", exclude_none=True)
+
+    def leaves(self) -> dict[str, SweepParameter]:
+        """Every searchable leaf of the parameter tree by dotted path (``model.dropout``)."""
+        return _leaves(self.parameters)
 
     def widest(self, name: str) -> int:
         """The largest whole value a trial can give the parameters called ``name`` (0 when the sweep does not
         tune it): a training run's window is fixed wide enough for every ``window_days`` a trial may ask."""
         widest = 0
-        for path, p in leaf_parameters(self.config()["parameters"]).items():
-            if path.rsplit(".", 1)[-1] != name or not isinstance(p, dict):
+        for path, p in self.leaves().items():
+            if path.rsplit(".", 1)[-1] != name:
                 continue
-            candidates = [*(p.get("values") or []), p.get("value"), p.get("max")]
+            candidates = [*(p.values or []), p.value, p.max]
             widest = max([widest, *(int(v) for v in candidates if isinstance(v, int | float))])
         return widest
+
+
+def _leaves(parameters: dict[str, SweepParameter], prefix: str = "") -> dict[str, SweepParameter]:
+    """:func:`leaf_parameters` of the model's parameter tree."""
+    out: dict[str, SweepParameter] = {}
+    for name, p in parameters.items():
+        path = f"{prefix}{name}"
+        if p.parameters is not None:
+            out.update(_leaves(p.parameters, f"{path}."))
+        else:
+            out[path] = p
+    return out
 
 
 __all__ = [
@@ -720,6 +771,7 @@ __all__ = [
     "SweepConfigError",
     "SweepMetric",
     "SweepParameter",
+    "SweepModel",
     "SweepSpec",
     "grid_size",
     "leaf_parameters",

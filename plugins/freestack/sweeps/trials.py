@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from freestack.evaluate.core import served_costs
+from freestack.evaluate.measure import served_costs
+from freestack.keys import NO_KEYS, Keys
 from freestack.ml.loop import warm_up
 from freestack.sweeps.config import kept_metric, trial_request
 from freestack.sweeps.core import TrialRunner, trial_folder
@@ -30,11 +31,10 @@ def make_trial_runner(
     sweep: dict[str, Any],
     *,
     tracking_settings=None,
-    judge_key: str | None = None,
-    rollout_key: str | None = None,
+    keys: Keys = NO_KEYS,
 ) -> TrialRunner:
-    """The function an agent calls per trial (``judge_key``: the judge's, for trials the judge rewards;
-    ``rollout_key``: the rollout server's, for trials it samples). The lake window is loaded (or spooled) once per agent, window
+    """The function an agent calls per trial (``keys``: the judge's, for trials the judge rewards,
+    and the rollout server's, for trials it samples). The lake window is loaded (or spooled) once per agent, window
     size and split; the agent's trials share it. The sweep's window and the trainer's lazy imports load
     now, at agent start-up, so that they are not paid inside the agent's first leased trial."""
     request = sweep["request"]
@@ -60,7 +60,7 @@ def make_trial_runner(
         }
         run_key = f"{sweep['id']}/{doc['id']}"
         req = trial_request(request, doc["config"], folder, run_key, tracking, kept_metric(sweep["config"]))
-        req.judge_key, req.rollout_key = judge_key, rollout_key
+        req.keys = keys
         outcome = train_core.train(
             spec, req, tracking_settings=tracking_settings, on_epoch=report_epoch, window=window_for(req)
         )

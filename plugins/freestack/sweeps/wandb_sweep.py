@@ -16,11 +16,12 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from freestack.keys import NO_KEYS, Keys
 from freestack.settings import environment
 from freestack.storage import cas, join, write_json
-from freestack.sweeps.config import engine_part, json_safe, kept_metric, plain_values, trial_request
-from freestack.sweeps.core import SWEEP_FILE, TRIAL_FILE, SweepError, sweep_dir, trial_folder
-from freestack.sweeps.spec import OPTUNA_METHODS
+from freestack.sweeps.config import json_safe, kept_metric, plain_values, trial_request
+from freestack.sweeps.core import SWEEP_FILE, TRIAL_FILE, SweepError, parse_sweep, sweep_dir, trial_folder
+from freestack.sweeps.spec import OPTUNA_METHODS, SweepSpec
 from freestack.tracking.wandb import WandbSettings, route_console, verify_api_key
 
 if TYPE_CHECKING:
@@ -29,10 +30,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def server_can_run(config: dict[str, Any]) -> bool:
+def server_can_run(config: SweepSpec) -> bool:
     """Whether W&B's sweep server runs this sweep: its methods (grid, random, bayes) on one metric. Optuna's
     methods and several objectives are freestack's and run on the local controller."""
-    return config.get("method") not in OPTUNA_METHODS and not config.get("metrics")
+    return config.method not in OPTUNA_METHODS and not config.metrics
 
 
 def server_settings(settings: WandbSettings) -> WandbSettings | None:
@@ -64,11 +65,12 @@ def create_server_sweep(spec: PipelineSpec, sweep_id: str, request: dict[str, An
     path = join(sweep_dir(spec, sweep_id), SWEEP_FILE)
     got = cas.read(path)
     if got is not None:
-        return json.loads(got.data)
-    config = spec.sweep.config()
+        return parse_sweep(got.data)
+    config = spec.sweep
+    wandb_config = config.config()  # what the server takes, and what sweep.json stores
     project = settings.project or spec.name
     with _wandb_env(settings):
-        server_id = wandb.sweep(sweep=config, project=project, entity=settings.entity)
+        server_id = wandb.sweep(sweep=wandb_config, project=project, entity=settings.entity)
     doc = {
         "id": sweep_id,
         "pipeline": spec.name,
@@ -77,17 +79,19 @@ def create_server_sweep(spec: PipelineSpec, sweep_id: str, request: dict[str, An
         "project": project,
         "entity": settings.entity,
         "config": config,
-        "run_cap": config.get("run_cap"),
-        "max_trials": config.get("run_cap"),
+        "run_cap": config.run_cap,
+        "max_trials": config.run_cap,
         "request": request,
         "agents": agents,
         "spec_hash": spec.spec_hash(),
         "uri": str(sweep_dir(spec, sweep_id)),
     }
     try:
-        cas.create(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
+        cas.create(
+            path, (json.dumps({**doc, "config": wandb_config}, indent=1, sort_keys=True) + "\n").encode()
+        )
     except cas.CasConflict:
-        return json.loads(cas.read(path).data)
+        return parse_sweep(cas.read(path).data)
     log.info("W&B sweep %s created on %s (project %s)", server_id, settings.base_url, project)
     return doc
 
@@ -98,10 +102,9 @@ def run_server_agent(
     *,
     agent_id: str,
     settings: WandbSettings,
-    judge_key: str | None = None,
-    rollout_key: str | None = None,
+    keys: Keys = NO_KEYS,
 ) -> dict[str, Any]:
-    """``wandb.agent`` until the server has no more trials for this sweep (``judge_key``: the judge's, for
+    """``wandb.agent`` until the server has no more trials for this sweep (``keys``: the judge's, for
     trials the judge rewards)."""
     import wandb
 
@@ -109,7 +112,7 @@ def run_server_agent(
     from freestack.train.core import train
 
     request = sweep["request"]
-    names = set(engine_part(sweep["config"])["parameters"])
+    names = set(sweep["config"].parameters)
     done: list[str] = []
 
     def one_trial() -> None:
@@ -141,7 +144,7 @@ def run_server_agent(
             }
             run_key = f"{sweep['id']}/{run.id}"
             req = trial_request(request, config, folder, run_key, tracking, kept_metric(sweep["config"]))
-            req.judge_key, req.rollout_key = judge_key, rollout_key
+            req.keys = keys
             outcome = train(spec, req, tracking_settings=settings, on_epoch=report)
             doc.update(
                 state="finished",

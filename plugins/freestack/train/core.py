@@ -30,16 +30,17 @@ from typing import TYPE_CHECKING, Any
 
 from freestack import __version__, step_cache
 from freestack.errors import FreestackError
+from freestack.keys import NO_KEYS, Keys
 from freestack.ml.checkpoint import CHECKPOINT
 from freestack.ml.contract import CustomModelError, FeatureGroup, ModelInputs
 from freestack.ml.custom import build_custom, check_custom
 from freestack.ml.distributed import backend_for
 from freestack.ml.features import KINDS, TOKENIZER_FILE, EncoderOptions, EncodingError
-from freestack.ml.generation import ChatError, eos_ids, save_tokenizer
+from freestack.ml.lm.chat import ChatError
+from freestack.ml.lm.prompts import save_tokenizer
 from freestack.ml.loop import TrainConfig, evaluate_source, fit_source, resolve_device, to_tensors
 from freestack.ml.metrics import check_kept
 from freestack.ml.models import FreestackNet
-from freestack.ml.preference import score_reference
 from freestack.ml.prep import Preprocessing, infer_task, split_of_keys
 from freestack.ml.stream import EncodedSpool, InMemory, Streamed
 from freestack.settings import checkout_dir, settings
@@ -47,13 +48,17 @@ from freestack.specbase import block_problems
 from freestack.storage import join, storage_root, write_bytes
 from freestack.tracking.wandb import WandbSettings, start_run
 from freestack.train.costs import Meter, TrainCosts
-from freestack.train.pretrained import (
-    build_pretrained_model,
+from freestack.train.objectives import (
+    Objective,
+    build_objective,
     chat_encoding,
     check_objective,
+    objective_lineage,
+)
+from freestack.train.pretrained import (
+    build_pretrained_model,
     check_pretrained_model,
     encoder_settings,
-    objective_lineage,
     pretrained_base,
     pretrained_lineage,
 )
@@ -200,8 +205,8 @@ class Prepared:
     @property
     def loop_task(self) -> str:
         """The task the loop trains and scores: a preference-tuned model's pairs are scored by DPO's
-        rewards (freestack.ml.preference), a GRPO-trained one's prompts by its reward functions
-        (freestack.ml.grpo); the version stays a text-generation one (``task``)."""
+        rewards (freestack.ml.lm.preference), a GRPO-trained one's prompts by its reward functions
+        (freestack.ml.lm.grpo); the version stays a text-generation one (``task``)."""
         return {"dpo": "preference", "grpo": "grpo"}.get(self.objective, self.task)
 
 
@@ -460,17 +465,25 @@ def model_kind(spec: PipelineSpec) -> str:
     return "cnn" if spec.model.image_shape else "mlp"
 
 
-def build_model(
-    spec: PipelineSpec, data: Prepared, judge_key: str | None = None, rollout_key: str | None = None
-):
-    """The spec's network (an MLP, a CNN when the features form an image, or the user's own module),
-    scaled for the data; ``judge_key``: the judge's key, for a GRPO training the judge rewards;
-    ``rollout_key``: the rollout server's, for one that server samples."""
+def train_objective(spec: PipelineSpec, data: Prepared, keys: Keys = NO_KEYS) -> Objective:
+    """What the loop trains: the spec's model, from the seed, with its objective (a language model's:
+    ``keys`` for the endpoints it calls, the judge's and the rollout server's)."""
+    import torch
+
+    torch.manual_seed(spec.train.seed)
+    if spec.model.generative:
+        return build_objective(spec, data.pre, keys)
+    return Objective(build_model(spec, data))
+
+
+def build_model(spec: PipelineSpec, data: Prepared):
+    """The spec's network (an MLP, a CNN when the features form an image, a fine-tuned classifier, or the
+    user's own module), scaled for the data."""
     import torch
 
     torch.manual_seed(spec.train.seed)
     if spec.model.type == "huggingface":  # the base's weights; pixels normalised as its processor says
-        return build_pretrained_model(spec, data, judge_key, rollout_key)
+        return build_pretrained_model(spec, data)
     if spec.model.type == "custom":
         model = _build_custom(spec, model_inputs(spec, data.task, data.pre.classes, data.pre))
     else:
@@ -572,15 +585,15 @@ def _train(
     spec: PipelineSpec, req: TrainRequest, data: Prepared, tracking_settings, on_epoch, ranks=None
 ) -> TrainOutcome | None:
     meter = Meter.start()
-    model = build_model(spec, data, req.judge_key, req.rollout_key)
+    objective = train_objective(spec, data, req.keys)
     cfg = loop_config(spec, req)
     where = places(spec, req)
     if ranks is not None and not ranks.main:  # its share of the steps; rank 0 validates, reports and writes
-        _fit_and_test(model, data, cfg, None, where, None, ranks)
+        _fit_and_test(objective, data, cfg, None, where, None, ranks)
         return None
     settings = tracking_settings if tracking_settings is not None else WandbSettings.from_environment()
     with _tracking_run(spec, req, data, where, cfg, settings) as run:
-        result, metrics = _fit_and_test(model, data, cfg, run, where, on_epoch, ranks)
+        result, metrics = _fit_and_test(objective, data, cfg, run, where, on_epoch, ranks)
         p = spec.prices
         costs = meter.read(result, p.cpu_hour, p.gpu_hour, p.currency)
         recorded = _write_version(spec, req, data, where, cfg, result, metrics, run, costs)
@@ -687,7 +700,7 @@ def _modified(info: dict[str, Any]) -> float | None:
     return value.timestamp() if hasattr(value, "timestamp") else float(value)
 
 
-def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch, ranks=None):
+def _fit_and_test(objective: Objective, data: Prepared, cfg, run, where: Places, on_epoch, ranks=None):
     """The loop (each epoch logged to W&B and offered to ``on_epoch``), then the test split's metrics.
     A rank other than 0 trains on its shard only (``run`` None) and returns None."""
 
@@ -704,14 +717,10 @@ def _fit_and_test(model, data: Prepared, cfg, run, where: Places, on_epoch, rank
         device = ranks.device()
     with contextlib.ExitStack() as stack:
         splits = ("train", "val", "test") if ranks is None or ranks.main else ("train", "val")
-        sources = {s: batch_source(data, s, device, stack, ranks) for s in splits}
-        if data.objective == "dpo":  # the starting model's log-probabilities: DPO's reference, once
-            for source in sources.values():
-                score_reference(model, source, device)
-        if data.objective == "grpo":  # the rollouts' prompts, rows and end of turn (and a reference copy)
-            model.attach(data.pre, eos_ids(data.pre.tokenizer, model.model.generation_config.to_dict()))
+        # the objective's view of them: DPO's reference log-probabilities, GRPO's rollouts
+        sources = objective.splits({s: batch_source(data, s, device, stack, ranks) for s in splits}, device)
         result = fit_source(
-            model,
+            objective.model,
             sources["train"],
             sources["val"],
             cfg,
@@ -850,6 +859,7 @@ def _write_version(
         **({"module": model.config()["custom"]} if spec.model.type == "custom" else {}),
         **_tokenizer_lineage(spec, data.pre),
         **(pretrained_lineage(spec, model) if spec.model.type == "huggingface" else {}),
+        **({"objective": objective_lineage(spec)} if spec.model.generative else {}),
         "distributed": distributed_lineage(spec, result.world_size),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -895,6 +905,7 @@ __all__ = [
     "NOT_INPUTS",
     "Prepared",
     "build_model",
+    "train_objective",
     "check_trainable",
     "effective_spec",
     "keyed_spec",

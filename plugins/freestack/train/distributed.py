@@ -67,8 +67,7 @@ def write_launch(
     with open(spec_path, encoding="utf-8") as f:
         text = f.read()
     tracking = {k: v for k, v in asdict(tracking_settings).items() if k not in ("api_key", "source")}
-    keys = ("judge_key", "rollout_key")
-    request = {k: v for k, v in asdict(req).items() if k not in keys}  # a key is never written down
+    request = {k: v for k, v in asdict(req).items() if k != "keys"}  # a key is never written down
     launch = Launch(spec_path=str(spec_path), spec_text=text, request=request, tracking=tracking)
     path = join(places(spec, req).run_dir, LAUNCH_FILE if node_rank == 0 else f"launch-{node_rank}.json")
     write_bytes(path, launch.model_dump_json().encode())

@@ -11,10 +11,11 @@ from airflow.sdk import BaseSensorOperator, Context, PokeReturnValue
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from freestack.errors import SpecError
-from freestack.hooks.credentials import judge_api_key, rollout_api_key
+from freestack.hooks.credentials import task_keys
 from freestack.hooks.huggingface import HubEnvironment
 from freestack.hooks.wandb import WandbHook
 from freestack.ingest.operators import lake_asset
+from freestack.kube import KubeRef
 from freestack.ml.contract import CustomModelError
 from freestack.operator_links import FreestackPageLink, WandbRunLink
 from freestack.pipeline_operator import RUN_NOTE_XCOM, PipelineOperator, TorchTask
@@ -233,8 +234,7 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
         if self.node_rank == 0:
             core.prune_checkpoints(spec)
         req = train_request(context)
-        req.judge_key = judge_api_key(spec.gate.judge) if spec.judge_rewarded else None
-        req.rollout_key = rollout_api_key(spec)
+        req.keys = task_keys(spec, judge=spec.judge_rewarded, rollout=True)
         self._run_key = req.run_key
         if self.node_rank != 0:  # another node's ranks: node 0's task keys, keeps and returns the version
             spec = spec.model_copy(update={"train": spec.train.model_copy(update={"cache": False})})
@@ -309,7 +309,7 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
         d = spec.train.distributed
         conn_id = d.kubernetes_conn_id
         with _permanent_fails():
-            name, namespace = start_on_kubernetes(
+            job = start_on_kubernetes(
                 spec,
                 self.spec_path,
                 req,
@@ -318,8 +318,8 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
                 max_wait_seconds=MAX_WAIT_SECONDS,
                 service_account=d.service_account,
             )
-        trigger = PyTorchJobFinishedTrigger(name, namespace, conn_id, timeout_seconds=MAX_WAIT_SECONDS)
-        self.log.info("waiting for PyTorchJob %s/%s in the triggerer", namespace, name)
+        trigger = PyTorchJobFinishedTrigger.for_ref(job, timeout_seconds=MAX_WAIT_SECONDS)
+        self.log.info("waiting for %s in the triggerer", job.describe("PyTorchJob"))
         self.defer(
             trigger=trigger,
             method_name="execute_complete",
@@ -356,7 +356,7 @@ class TrainOperator(TorchTask, HubEnvironment, PipelineOperator):
             spec = self.pipeline_spec()
             d = spec.train.distributed
             if run_key and d is not None and d.launcher == "kubernetes" and self.node_rank == 0:
-                delete_job(job_name(spec.name, run_key), d.namespace, d.kubernetes_conn_id)
+                delete_job(KubeRef(job_name(spec.name, run_key), d.namespace, d.kubernetes_conn_id))
 
 
 def _run(context: Context) -> dict[str, Any]:

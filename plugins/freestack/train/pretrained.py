@@ -15,20 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from freestack import version as versions
 from freestack.errors import FreestackError
-from freestack.judging import client as judging
-from freestack.ml.generation import (
-    CausalLMNet,
-    ChatColumns,
-    ChatEncoding,
-    ChatError,
-    add_causal_lora,
-    fit_vocabulary,
-    load_causal_lm,
-    load_tokenizer,
-    render,
-)
-from freestack.ml.grpo import GrpoEncoding, GrpoNet, GrpoSettings
-from freestack.ml.preference import PreferenceEncoding, PreferenceNet
+from freestack.ml.lm.causal import add_causal_lora, fit_vocabulary, load_causal_lm
+from freestack.ml.lm.chat import ChatColumns, ChatError
+from freestack.ml.lm.prompts import load_tokenizer, render
 from freestack.ml.pretrained import (
     Base,
     build_pretrained,
@@ -38,17 +27,6 @@ from freestack.ml.pretrained import (
     image_settings,
     local_base,
 )
-from freestack.ml.rewards import (
-    Reward,
-    RewardSet,
-    call_user,
-    exact_match,
-    json_schema,
-    length,
-    regex,
-    user_function,
-)
-from freestack.ml.rollouts import RolloutServer
 from freestack.registry.core import ModelRegistry, RegistryError
 from freestack.settings import checkout_dir
 from freestack.storage import storage_root, to_path
@@ -212,196 +190,6 @@ def chat_encoding_columns(spec: PipelineSpec) -> ChatColumns:
     return ChatColumns(d.prompt, d.response, d.messages, d.system, tools)
 
 
-def chat_encoding(spec: PipelineSpec):
-    """The generation task's preprocessing (:class:`~freestack.ml.generation.ChatEncoding`)."""
-    d, columns = spec.model.chat, chat_encoding_columns(spec)
-    if preference_tuned(spec):  # pairs: the chosen answer is the response, the rejected one beside it
-        return PreferenceEncoding(
-            chat_tokenizer(spec), columns, spec.model.max_length, rejected=d.rejected or "rejected"
-        )
-    if reward_tuned(spec):  # prompts: the rollouts are sampled from them
-        return GrpoEncoding(chat_tokenizer(spec), columns, spec.model.max_length)
-    return ChatEncoding(chat_tokenizer(spec), columns, spec.model.max_length, spec.model.packing)
-
-
-def preference_tuned(spec: PipelineSpec) -> bool:
-    """Whether the spec preference-tunes a language model (``train.objective: dpo``)."""
-    return spec.model.generative and spec.train.objective == "dpo"
-
-
-def reward_tuned(spec: PipelineSpec) -> bool:
-    """Whether the spec trains a language model on rewards (``train.objective: grpo``)."""
-    return spec.model.generative and spec.train.objective == "grpo"
-
-
-def reward_set(spec: PipelineSpec, judge_key: str | None = None) -> RewardSet:
-    """``train.grpo.rewards`` as functions: the built-ins with their settings, the judge (asked with
-    ``judge_key``), a user's own loaded from the project (FreestackError naming the reward when it cannot
-    be)."""
-    out = []
-    for r in spec.train.grpo.rewards:
-        source: dict[str, Any] = {"function": r.function}
-        if r.function == "judge":
-            out.append(judge_reward(spec, r, judge_key))
-            continue
-        if r.function == "exact_match":
-            score = exact_match(r.column or spec.model.chat.response or "response")
-        elif r.function == "regex":
-            score = regex(r.pattern)
-        elif r.function == "json_schema":
-            score = json_schema(dict(r.schema_))
-        elif r.function == "length":
-            score = length(r.max_tokens)
-        else:
-            fn, source = user_function(r.function, Path(checkout_dir()))
-            score = call_user(fn, r.function)
-        out.append(Reward(r.label, r.weight, score, source))
-    return RewardSet(tuple(out))
-
-
-def judge_reward(spec: PipelineSpec, r, api_key: str | None) -> Reward:
-    """The judge of ``gate.judge`` as a reward (:class:`~freestack.judging.client.JudgeClient`, pointwise
-    whatever the gate's mode, its rubric when the gate's is pointwise): each completion's score 1-5 read
-    as ``(score - 1) / 4``, the reference from ``column`` (default the response column). A judging that
-    failed scores 0; a batch with more failed than ``gate.judge.max_failures`` allows fails the training
-    with the judge's error."""
-    judge = judging.with_rubric_file(spec.gate.judge)
-    if judge.mode != "pointwise":
-        judge = judge.model_copy(update={"mode": "pointwise", "rubric": None})
-    column = r.column or spec.model.chat.response or "response"
-    client: list[judging.JudgeClient] = []  # made when first asked: lineage reads the reward keyless
-
-    def batch(samples) -> list[float]:
-        if not client:
-            client.append(judging.JudgeClient(judge, api_key))
-        refs = [str(s.row.get(column) or "") for s in samples]
-        verdicts = judging.pointwise(
-            client[0], [s.prompt for s in samples], refs, [s.completion for s in samples]
-        )
-        failed = [v for v in verdicts if v.value is None]
-        if failed and len(failed) > judge.max_failures * len(samples):
-            raise FreestackError(
-                f"train.grpo.rewards {r.label}: {len(failed)} of {len(samples)} judgings failed, over "
-                f"gate.judge.max_failures {judge.max_failures:g} (gate.judge.url {judge.url}, model "
-                f"{judge.model}): {judging.failure_kinds(failed)}. Fix the judge (or its key), then clear "
-                "the task"
-            )
-        return [0.0 if v.value is None else (float(v.value) - 1) / 4 for v in verdicts]
-
-    source = {"function": "judge", "url": judge.url, "model": judge.model, "rubric": judge.template}
-    return Reward(r.label, r.weight, lambda s: batch([s])[0], source, batch=batch)
-
-
-def grpo_settings(spec: PipelineSpec) -> GrpoSettings:
-    g = spec.train.grpo
-    return GrpoSettings(
-        num_generations=g.num_generations,
-        max_completion_length=g.max_completion_length,
-        temperature=g.temperature,
-        top_p=g.top_p,
-        beta=g.beta,
-        epsilon=g.epsilon,
-        loss=g.loss,
-        scale_rewards=g.scale_rewards,
-        rollouts=g.rollouts,
-    )
-
-
-def check_objective(spec: PipelineSpec) -> None:
-    """``train.objective: dpo`` goes with a text-generation model reading preference pairs (``model.data``
-    with chosen and rejected columns), and such pairs with it (FreestackError naming the setting)."""
-    if spec.train.objective == "dpo" and not spec.model.generative:
-        raise FreestackError(
-            "train.objective dpo preference-tunes a language model: it needs model.type huggingface "
-            "and model.task text-generation"
-        )
-    pairs = spec.model.chat.preference
-    if preference_tuned(spec) and not pairs:
-        raise FreestackError(
-            "train.objective dpo reads preference pairs: set model.data: {prompt: <column>, chosen: "
-            "<column of the preferred answer>, rejected: <column of the worse one>} (or messages: <column "
-            "of the chat so far> instead of prompt, or prompt: null for whole chats in chosen and rejected)"
-        )
-    if spec.model.generative and pairs and spec.train.objective != "dpo":
-        raise FreestackError(
-            "model.data names chosen and rejected columns (preference pairs), which train.objective "
-            "dpo learns from; set train.objective: dpo, or give prompt and response for sft"
-        )
-    if preference_tuned(spec) and spec.model.packing:
-        raise FreestackError("model.packing is for train.objective sft: a preference pair is not packed")
-    check_grpo(spec)
-
-
-def check_grpo(spec: PipelineSpec) -> None:
-    """``train.objective: grpo`` goes with a language model, ``train.grpo``'s rewards, prompts (not pairs,
-    not packed) read into memory, in one process or data-parallel ranks (FreestackError naming the
-    setting)."""
-    if spec.train.objective != "grpo":
-        return
-    problems = {
-        "train.objective grpo trains a language model on rewards: it needs model.type huggingface and "
-        "model.task text-generation": not spec.model.generative,
-        "train.objective grpo needs train.grpo.rewards: the functions that score the sampled answers, e.g. "
-        "[{function: exact_match}]": spec.train.grpo is None,
-        "train.objective grpo samples answers to prompts: give model.data prompt and response (the "
-        "reference) columns, not chosen and rejected": spec.model.chat.preference,
-        "model.packing is for train.objective sft: GRPO's prompts are not packed": spec.model.packing,
-        "train.objective grpo samples answers on each rank alone, which FSDP's sharded forward cannot "
-        "(every rank must run each forward): use train.distributed.strategy ddp": (
-            spec.train.distributed.world_size > 1 and spec.train.distributed.strategy == "fsdp"
-        ),
-        "the judge reward trains in one process: its key is read by the task and never handed to ranks "
-        "(remove train.distributed, or the judge reward)": (
-            spec.train.distributed.world_size > 1 and spec.judge_rewarded
-        ),
-    }
-    for message, wrong in problems.items():
-        if wrong:
-            raise FreestackError(message)
-
-
-def build_causal_model(
-    spec: PipelineSpec, pre, judge_key: str | None = None, rollout_key: str | None = None
-) -> Any:
-    """The base causal LM (with LoRA adapters when the spec asks for them), for ``pre``'s conversations;
-    ``judge_key``: the judge's key, for a GRPO training the judge rewards; ``rollout_key``: the rollout
-    server's, for one that server samples (``train.grpo.rollouts: server``)."""
-    model = load_causal_lm(pretrained_base(spec).folder)
-    peft = peft_settings(spec)
-    resized = fit_vocabulary(model, chat_tokenizer(spec), lora=peft is not None)
-    if resized:
-        log.warning("model.base: %s", resized)
-    if peft is not None:
-        model = add_causal_lora(model, peft)
-    common: dict[str, Any] = {  # what the net is told either way
-        "base": pretrained_base(spec).lineage(),
-        "columns": pre.columns,
-        "max_length": spec.model.max_length,
-        "peft": peft,
-    }
-    if preference_tuned(spec):
-        return PreferenceNet(model, beta=spec.train.dpo.beta, sft_weight=spec.train.dpo.sft_weight, **common)
-    if reward_tuned(spec):
-        return GrpoNet(
-            model,
-            grpo=grpo_settings(spec),
-            rewards=reward_set(spec, judge_key),
-            server=rollout_server(spec, rollout_key),
-            **common,
-        )
-    return CausalLMNet(model, packing=spec.model.packing, **common)
-
-
-def rollout_server(spec: PipelineSpec, key: str | None) -> RolloutServer | None:
-    """The deployment that samples a GRPO training's rollouts (``train.grpo.rollouts: server``), or None."""
-    s = spec.train.grpo.server
-    if s is None:
-        return None
-    return RolloutServer(
-        s.url, s.model, key, adapter_dir=s.adapter_dir, concurrency=s.concurrency, timeout=s.timeout_s
-    )
-
-
 def peft_settings(spec: PipelineSpec) -> dict[str, Any] | None:
     return spec.model.peft.model_dump() if spec.model.peft is not None else None
 
@@ -427,13 +215,9 @@ def encoder_settings(spec: PipelineSpec) -> dict[str, Any]:
     return {"image_size": (height, width), "image_channels": 3}
 
 
-def build_pretrained_model(
-    spec: PipelineSpec, data, judge_key: str | None = None, rollout_key: str | None = None
-) -> Any:
+def build_pretrained_model(spec: PipelineSpec, data) -> Any:
     """The base with a head for the data's classes (and LoRA adapters when the spec asks for them); a
-    causal LM for a text-generation spec (the keys: as :func:`build_causal_model` takes them)."""
-    if spec.model.generative:
-        return build_causal_model(spec, data.pre, judge_key, rollout_key)
+    text-generation spec's causal LM is its objective's (:func:`freestack.train.objectives.build_objective`)."""
     text = data.pre.encoder.text if data.pre.encoder is not None else None
     return build_pretrained(
         pretrained_base(spec),
@@ -460,50 +244,18 @@ def pretrained_lineage(spec: PipelineSpec, model) -> dict[str, Any]:
             "max_length": spec.model.max_length,
             "packing": spec.model.packing,
         }
-        out["objective"] = objective_lineage(spec)
     return out
 
 
-def objective_lineage(spec: PipelineSpec) -> dict[str, Any]:
-    """What the language model was trained to do: sft, or dpo with its beta and loss (the reference being
-    the starting model, its log-probabilities computed once before training)."""
-    if reward_tuned(spec):
-        return {
-            "name": "grpo",
-            **spec.train.grpo.model_dump(exclude={"rewards"}),
-            "rewards": reward_set(spec).lineage(),
-            "reference": "the starting model (its LoRA adapters disabled, or a frozen copy)"
-            if spec.train.grpo.beta
-            else "none (beta 0)",
-        }
-    if not preference_tuned(spec):
-        return {"name": "sft"}
-    return {
-        "name": "dpo",
-        "beta": spec.train.dpo.beta,
-        "loss": spec.train.dpo.loss,
-        "sft_weight": spec.train.dpo.sft_weight,
-        "reference": "the starting model (log-probabilities computed once before training)",
-        "rejected": spec.model.chat.rejected,
-    }
-
-
 __all__ = [
-    "build_causal_model",
     "build_pretrained_model",
-    "chat_encoding",
     "chat_template",
     "chat_tokenizer",
     "check_causal_base",
-    "check_objective",
     "check_pretrained_model",
     "encoder_settings",
     "is_storage_base",
-    "objective_lineage",
     "peft_settings",
-    "preference_tuned",
-    "reward_set",
-    "reward_tuned",
     "pretrained_base",
     "pretrained_lineage",
     "pretrained_task",

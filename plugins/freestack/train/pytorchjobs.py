@@ -1,7 +1,7 @@
 """``train.distributed`` with ``launcher: kubernetes``: the train task submits a Kubeflow ``PyTorchJob`` and
 follows it to the end, then returns the outcome rank 0 left (as the local launcher's node 0 does)::
 
-    name, namespace = start_on_kubernetes(spec, spec_path, req, tracking_settings, conn_id=...)
+    job = start_on_kubernetes(spec, spec_path, req, tracking_settings, conn_id=...)  # a KubeRef
     ... the train task defers to freestack.train.triggers.PyTorchJobFinishedTrigger, whose event ...
     outcome = finish_on_kubernetes(spec, req, event)
     # or, waiting in this process: run_on_kubernetes(spec, spec_path, req, tracking_settings, conn_id=...)
@@ -27,6 +27,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from freestack.kube import KubeRef
 from freestack.kube.api import AnswerWords, Session, api_session, delete
 from freestack.kube.manifests import MANAGED_BY, MANAGED_BY_KEY
 from freestack.storage import join, storage_root, uri_of
@@ -113,16 +114,14 @@ class _JobSession(Session):
         """Foreground: the job goes only after its pods, so a new job of the same name never meets them."""
         self.action = "delete"
         return self.api.delete_namespaced_custom_object(
-            *self._args(), self.name, propagation_policy="Foreground"
+            *self._args(), self.ref.name, propagation_policy="Foreground"
         )
 
 
-def _session(conn_id: str, namespace: str, name: str):
+def _session(job: KubeRef):
     """A session on the connection's cluster for one PyTorchJob; every failure inside becomes a PyTorchJobError."""
     return api_session(
-        conn_id,
-        namespace,
-        name,
+        job,
         session_class=_JobSession,
         words=ANSWER_WORDS,
         error=PyTorchJobError,
@@ -134,15 +133,15 @@ def _session(conn_id: str, namespace: str, name: str):
 # the job
 
 
-def get_job(name: str, namespace: str, conn_id: str = DEFAULT_CONN_ID) -> dict[str, Any] | None:
+def get_job(job: KubeRef) -> dict[str, Any] | None:
     """The PyTorchJob as stored, or None when it does not exist."""
-    with _session(conn_id, namespace, name) as s:
+    with _session(job) as s:
         return s.read()
 
 
-def delete_job(name: str, namespace: str, conn_id: str = DEFAULT_CONN_ID) -> bool:
+def delete_job(job: KubeRef) -> bool:
     """Delete the PyTorchJob and its pods; False when there was none."""
-    return delete(name, namespace, conn_id, session=_session)
+    return delete(job, session=_session)
 
 
 def submit_job(
@@ -158,7 +157,7 @@ def submit_job(
     meta = manifest["metadata"]
     body = copy.deepcopy(manifest)
     body.pop("status", None)
-    with _session(conn_id, meta["namespace"], meta["name"]) as s:
+    with _session(KubeRef(meta["name"], meta["namespace"], conn_id)) as s:
         try:
             return s.create(body)
         except ApiException as exc:
@@ -176,16 +175,14 @@ def _replace_stale(s: _JobSession, wait_seconds: float) -> None:
     managed = ((current.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY_KEY)
     if managed != MANAGED_BY:
         raise PyTorchJobError(
-            f"{KIND} {s.namespace}/{s.name} already exists on {s.host} and is not managed by "
+            f"{s.ref.describe(KIND)} already exists on {s.host} and is not managed by "
             f"freestack (label {MANAGED_BY_KEY}={managed!r}); delete it, or train in another "
             "namespace (train.distributed.namespace)",
             status=409,
         )
     log.warning(
-        "%s %s/%s is left from an earlier attempt (%s): deleting it and its pods",
-        KIND,
-        s.namespace,
-        s.name,
+        "%s is left from an earlier attempt (%s): deleting it and its pods",
+        s.ref.describe(KIND),
         job_state(current)[0],
     )
     s.delete()
@@ -193,36 +190,32 @@ def _replace_stale(s: _JobSession, wait_seconds: float) -> None:
     while s.read() is not None:
         if time.monotonic() >= deadline:
             raise PyTorchJobError(
-                f"{KIND} {s.namespace}/{s.name} left by an earlier attempt is still being deleted "
+                f"{s.ref.describe(KIND)} left by an earlier attempt is still being deleted "
                 f"after {wait_seconds:g} s (finalizers, or pods that do not stop?); check "
-                f"'kubectl describe {CRD_NAME} {s.name} -n {s.namespace}'"
+                f"'kubectl describe {CRD_NAME} {s.ref.name} -n {s.ref.namespace}'"
             )
         time.sleep(0.5)
 
 
-def _read_status(name: str, namespace: str, conn_id: str, misses: int) -> tuple[dict[str, Any] | None, int]:
+def _read_status(job: KubeRef, misses: int) -> tuple[dict[str, Any] | None, int]:
     """One status read; an unavailable API server counts a miss (a few in a row are tolerated)."""
     try:
-        obj = get_job(name, namespace, conn_id)
+        obj = get_job(job)
     except PyTorchJobUnavailable as exc:
         if misses + 1 >= UNAVAILABLE_TOLERANCE:
             raise
-        log.warning(
-            "reading %s %s/%s failed (%d in a row), trying again: %s", KIND, namespace, name, misses + 1, exc
-        )
+        log.warning("reading %s failed (%d in a row), trying again: %s", job.describe(KIND), misses + 1, exc)
         return None, misses + 1
     if obj is None:
         raise PyTorchJobError(
-            f"{KIND} {namespace}/{name} was deleted while the train task followed it; run the task "
+            f"{job.describe(KIND)} was deleted while the train task followed it; run the task "
             "again (it resumes from the last checkpoint)"
         )
     return obj, 0
 
 
 def wait_for_job(
-    name: str,
-    namespace: str,
-    conn_id: str = DEFAULT_CONN_ID,
+    job: KubeRef,
     *,
     poll_seconds: float = POLL_SECONDS,
     max_wait_seconds: float = MAX_WAIT_SECONDS,
@@ -231,15 +224,15 @@ def wait_for_job(
     ``max_wait_seconds`` (PyTorchJobError, naming the state it was left in)."""
     deadline, misses, seen = time.monotonic() + max_wait_seconds, 0, None
     while True:
-        obj, misses = _read_status(name, namespace, conn_id, misses)
+        obj, misses = _read_status(job, misses)
         state = job_state(obj)[0] if obj is not None else seen
         if state != seen:
-            log.info("%s %s/%s: %s", KIND, namespace, name, state)
+            log.info("%s: %s", job.describe(KIND), state)
             seen = state
         if state in ("Succeeded", "Failed"):
             return obj
         if time.monotonic() >= deadline:
-            raise PyTorchJobError(timeout_text(name, namespace, max_wait_seconds, str(seen)))
+            raise PyTorchJobError(timeout_text(job, max_wait_seconds, str(seen)))
         time.sleep(poll_seconds)
 
 
@@ -276,11 +269,11 @@ def job_progress(obj: dict[str, Any]) -> tuple[str, str]:
     return state.lower(), f"{what} is {state}" + (f" ({why})" if why else "")
 
 
-def timeout_text(name: str, namespace: str, seconds: float, seen: str) -> str:
+def timeout_text(job: KubeRef, seconds: float, seen: str) -> str:
     """A job that did not finish in time: what it was last, that it goes, and where its logs are."""
     return (
-        f"{KIND} {namespace}/{name} did not finish within {seconds:g} s (last seen: {seen}); it is being deleted. "
-        f"{_logs_hint(name, namespace)}"
+        f"{job.describe(KIND)} did not finish within {seconds:g} s (last seen: {seen}); it is being deleted. "
+        f"{_logs_hint(job.name, job.namespace)}"
     )
 
 
@@ -324,8 +317,8 @@ def start_on_kubernetes(
     max_wait_seconds: float = MAX_WAIT_SECONDS,
     secrets: Sequence[str] = DEFAULT_SECRETS,
     service_account: str | None = None,
-) -> tuple[str, str]:
-    """Write the launch file and create the run's PyTorchJob; returns its (name, namespace). Split from the
+) -> KubeRef:
+    """Write the launch file and create the run's PyTorchJob; returns the job (on ``conn_id``). Split from the
     wait so the train task can hand the wait to the triggerer (:mod:`freestack.train.triggers`) instead of
     holding a worker slot for days. A killed attempt's outcome.json is removed first: only this job's
     rank 0 may leave the one :func:`finish_on_kubernetes` reads."""
@@ -341,18 +334,16 @@ def start_on_kubernetes(
         secrets=secrets,
         service_account=service_account,
     )
-    name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+    job = KubeRef(manifest["metadata"]["name"], manifest["metadata"]["namespace"], conn_id)
     submit_job(manifest, conn_id)
     log.info(
-        "submitted %s %s/%s (%d node(s) x %d rank(s)); %s",
-        KIND,
-        namespace,
-        name,
+        "submitted %s (%d node(s) x %d rank(s)); %s",
+        job.describe(KIND),
         spec.train.distributed.nodes,
         spec.train.distributed.processes_per_node,
-        _logs_hint(name, namespace),
+        _logs_hint(job.name, job.namespace),
     )
-    return name, namespace
+    return job
 
 
 def finish_on_kubernetes(
@@ -368,7 +359,7 @@ def finish_on_kubernetes(
     name, namespace = str(event.get("name")), str(event.get("namespace"))
     if status in ("timeout", "error"):
         with contextlib.suppress(Exception):
-            delete_job(name, namespace, conn_id or spec.train.distributed.kubernetes_conn_id)
+            delete_job(KubeRef(name, namespace, conn_id or spec.train.distributed.kubernetes_conn_id))
         raise PyTorchJobError(message, permanent=status == "error")
     if status != "succeeded":
         raise PyTorchJobError(message or f"{KIND} {namespace}/{name} ended {status!r}")
@@ -404,7 +395,7 @@ def run_on_kubernetes(
     ends otherwise (its bound, a kill, an API error) deletes the job rather than leave GPUs busy for
     nobody. ``secrets``: the Secrets the pods take their environment from (storage connection,
     ``WANDB_API_KEY``); ``service_account``: the pods' identity (e.g. an IAM role for S3)."""
-    name, namespace = start_on_kubernetes(
+    job = start_on_kubernetes(
         spec,
         spec_path,
         req,
@@ -415,16 +406,14 @@ def run_on_kubernetes(
         service_account=service_account,
     )
     try:
-        obj = wait_for_job(
-            name, namespace, conn_id, poll_seconds=poll_seconds, max_wait_seconds=max_wait_seconds
-        )
+        obj = wait_for_job(job, poll_seconds=poll_seconds, max_wait_seconds=max_wait_seconds)
     except BaseException:
         with contextlib.suppress(Exception):
-            delete_job(name, namespace, conn_id)
+            delete_job(job)
         raise
     status, message = job_progress(obj)
-    event = {"status": status, "message": message, "name": name, "namespace": namespace}
-    return finish_on_kubernetes(spec, req, event, conn_id=conn_id)
+    event = {"status": status, "message": message, "name": job.name, "namespace": job.namespace}
+    return finish_on_kubernetes(spec, req, event, conn_id=job.conn_id)
 
 
 __all__ = [

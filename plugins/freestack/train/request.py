@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from freestack.errors import FreestackError
+from freestack.keys import NO_KEYS, Keys
 from freestack.storage import join, storage_root, to_path
 
 if TYPE_CHECKING:
@@ -50,11 +51,10 @@ class TrainRequest:
     #: None: the task's. A sweep trial keeps the epoch best on the sweep's metric
     keep_metric: str | None = None
     keep_higher: bool | None = None
-    #: the judge's API key, for a GRPO training rewarded by the judge: read from its connection by the
-    #: task that trains, never written down (left out of a launch's request and of every repr)
-    judge_key: str | None = field(default=None, repr=False)
-    #: the rollout server's API key (``train.grpo.server.api_key``), read and kept as the judge's
-    rollout_key: str | None = field(default=None, repr=False)
+    #: the endpoints' API keys (the judge's, for a GRPO training rewarded by the judge; the rollout
+    #: server's, ``train.grpo.server.api_key``): read from their connections by the task that trains, never
+    #: written down (left out of a launch's request and of every repr)
+    keys: Keys = field(default=NO_KEYS, repr=False)
 
 
 @dataclass

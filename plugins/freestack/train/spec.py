@@ -15,7 +15,7 @@ from pydantic import ConfigDict, Field, JsonValue, field_validator, model_valida
 
 from freestack.judging.spec import Endpoint
 from freestack.ml.contract import static_check
-from freestack.ml.rewards import reference_problem
+from freestack.ml.lm.rewards import reference_problem
 from freestack.settings import checkout_dir
 from freestack.specbase import SpecModel as _Model
 

@@ -52,7 +52,7 @@ class PyTorchJobFinishedTrigger(CustomObjectTrigger):
         )
 
     def timeout_message(self, last: str) -> str:
-        return pytorchjobs.timeout_text(self.name, self.namespace, self.timeout_seconds, last)
+        return pytorchjobs.timeout_text(self.ref, self.timeout_seconds, last)
 
     async def on_kill(self) -> None:
         """A person marked the deferred task failed or succeeded, or cleared it: delete the job and its pods
@@ -62,14 +62,14 @@ class PyTorchJobFinishedTrigger(CustomObjectTrigger):
         from kubernetes_asyncio.client import CustomObjectsApi
 
         try:
-            async with AsyncKubernetesHook(conn_id=self.conn_id).get_conn() as api_client:
+            async with AsyncKubernetesHook(conn_id=self.ref.conn_id).get_conn() as api_client:
                 api = CustomObjectsApi(api_client)
                 await api.delete_namespaced_custom_object(
                     self.group,
                     self.version,
-                    self.namespace,
+                    self.ref.namespace,
                     self.plural,
-                    self.name,
+                    self.ref.name,
                     propagation_policy="Foreground",
                 )
         except Exception as exc:  # gone already, or the API refused: the job's own deadline still stops it

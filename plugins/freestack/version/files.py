@@ -38,7 +38,7 @@ GENERATION_CONFIG = "generation_config.json"
 #: fine-tuned model with LoRA adapters holds ``adapter_model.safetensors`` (and its config) instead
 MODEL_FILES = (CONFIG, WEIGHTS)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-#: what a text-generation version answers with besides its weights (freestack.ml.generation.save_tokenizer)
+#: what a text-generation version answers with besides its weights (freestack.ml.lm.prompts.save_tokenizer)
 GENERATION_FILES = (GENERATION_CONFIG, TOKENIZER, "tokenizer_config.json", "chat_template.jinja")
 #: a causal LM's tokenizer files that only some tokenizers write
 OPTIONAL_TOKENIZER_FILES = ("special_tokens_map.json", "added_tokens.json")

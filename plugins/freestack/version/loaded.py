@@ -9,15 +9,12 @@ import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from freestack.version import files as F
 from freestack.version.errors import NotAVersion
 from freestack.version.records import Lineage, Manifest, Metrics, ModelConfig, Preprocessing
-from freestack.version.sources import write_local
-
-if TYPE_CHECKING:
-    from freestack.version.folder import ModelVersion
+from freestack.version.sources import Source, write_local
 
 #: the files a version in object storage that is not registered is copied with (those it has), beside its
 #: config, weights and the JSON files: what transformers and the tokenizers read from a version folder
@@ -30,6 +27,29 @@ COPIED = (
     "vocab.txt",
     "preprocessor_config.json",
 )
+
+
+class VersionFolder(Protocol):
+    """What :func:`load_version` reads of a version folder's records: :class:`freestack.version.ModelVersion`
+    is one (:meth:`~freestack.version.ModelVersion.load` calls it with itself)."""
+
+    uri: str
+    source: Source
+    config: ModelConfig
+    preprocessing: Preprocessing | None
+    lineage: Lineage
+    metrics: Metrics
+    manifest: Manifest | None
+
+    @property
+    def registered(self) -> bool: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    def weight_files(self) -> tuple[str, ...]: ...
+
+    def verify(self, copy_to: str | os.PathLike | None = None) -> None: ...
 
 
 @dataclass
@@ -56,14 +76,15 @@ class LoadedVersion:
     @cached_property
     def preprocessor(self) -> Any:
         """:class:`freestack.ml.prep.Preprocessing` (rows to inputs, labels), or a text-generation
-        version's :class:`freestack.ml.generation.ChatEncoding`."""
+        version's :class:`freestack.ml.lm.prompts.ChatEncoding`."""
         if self.preprocessing is None:
             raise NotAVersion(
                 f"{self.uri} has no {F.PREPROCESSING}; it was not written by freestack's trainer"
             )
         pre = self.preprocessing.as_dict()
         if pre.get("task") == "generation":
-            from freestack.ml.generation import ChatColumns, ChatEncoding
+            from freestack.ml.lm.chat import ChatColumns
+            from freestack.ml.lm.prompts import ChatEncoding
 
             chat = pre["chat"]
             columns = ChatColumns(**chat["columns"])
@@ -82,9 +103,9 @@ class LoadedVersion:
         return FeatureEncoder.from_dict(encoder, self.tokenizer_json) if encoder else None
 
 
-def load_version(version: ModelVersion, device: Any, into: str | os.PathLike | None) -> LoadedVersion:
-    """:meth:`ModelVersion.load`: verify, then build the model from a local folder (in place, ``into``, or
-    a temporary one)."""
+def load_version(version: VersionFolder, device: Any, into: str | os.PathLike | None) -> LoadedVersion:
+    """:meth:`freestack.version.ModelVersion.load`: verify, then build the model from a local folder (in
+    place, ``into``, or a temporary one)."""
     if into is not None:
         Path(into).mkdir(parents=True, exist_ok=True)
         _local_copy(version, into)
@@ -98,8 +119,8 @@ def load_version(version: ModelVersion, device: Any, into: str | os.PathLike | N
         return _build(version, tmp, device)
 
 
-def _local_copy(version: ModelVersion, dest: str | os.PathLike) -> None:
-    """The version's files into ``dest``: every registered file, checked (:meth:`ModelVersion.verify`),
+def _local_copy(version: VersionFolder, dest: str | os.PathLike) -> None:
+    """The version's files into ``dest``: every registered file, checked (its ``verify``),
     or for a folder not registered its config, weights and the files beside them it has."""
     if version.registered:
         version.verify(copy_to=dest)
@@ -112,7 +133,7 @@ def _local_copy(version: ModelVersion, dest: str | os.PathLike) -> None:
                 raise NotAVersion(f"{version.uri} has no {name}; it was not written by freestack") from None
 
 
-def _build(version: ModelVersion, folder: str, device: Any) -> LoadedVersion:
+def _build(version: VersionFolder, folder: str, device: Any) -> LoadedVersion:
     from freestack.ml.models import load_pretrained
 
     model = load_pretrained(folder, map_location="cpu", read_base=version.source.read_base)
@@ -132,7 +153,7 @@ def _build(version: ModelVersion, folder: str, device: Any) -> LoadedVersion:
         tokenizer_json=_text_file(folder, F.TOKENIZER) if version.kind != "generation" else "",
     )
     if version.kind == "generation":  # the version's own tokenizer, chat template and generation config
-        from freestack.ml.generation import load_tokenizer
+        from freestack.ml.lm.prompts import load_tokenizer
 
         loaded.tokenizer = load_tokenizer(folder)
         loaded.generation_config = _json_file(folder, F.GENERATION_CONFIG) or {}
@@ -149,4 +170,4 @@ def _json_file(folder: str, name: str) -> Any:
     return json.loads(text) if text else None
 
 
-__all__ = ["COPIED", "LoadedVersion", "load_version"]
+__all__ = ["COPIED", "LoadedVersion", "VersionFolder", "load_version"]

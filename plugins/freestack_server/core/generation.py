@@ -1,6 +1,6 @@
 """Text generation in the model server: an instruction-tuned causal LM (``model: {type: huggingface, task:
 text-generation}``) answering prompts and conversations, on both runtimes. Runs in the serving
-environments (no Airflow); the ML itself is :mod:`freestack.ml.generation`'s (``generate``: a batch of
+environments (no Airflow); the ML itself is :mod:`freestack.ml.lm`'s (``generate``: a batch of
 chats, left-padded, greedy when the temperature is 0, cut at stop strings).
 
 What a request may ask is bounded by the deployment (:class:`Bounds`: ``deploy.generation`` in the spec,
@@ -13,7 +13,7 @@ A request's prompts travel as :class:`Prompts`: the chats, their token ids, the 
 keeps, and the generation settings. On the ``seldon`` runtime concurrent requests with the same settings
 share one ``generate`` call of at most ``batch_prompts`` prompts (the worker's adaptive batching,
 :mod:`freestack_server.seldon.batching`, whose rounds group parked :class:`Prompts` by :attr:`Prompts.batch_key`);
-on ``mlserver`` every prompt joins the continuous batch of :mod:`freestack.ml.engine`, which also
+on ``mlserver`` every prompt joins the continuous batch of :mod:`freestack.ml.lm.engine`, which also
 answers the OpenAI API (:mod:`freestack_server.mlserver.openai`). Each answer (:class:`Generated`) says how
 many prompts answered with it.
 
@@ -28,16 +28,15 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import Any, TypeGuard
 
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from freestack.ml.lm.answers import Completion, GenerationSettings  # light: no torch
+from freestack.ml.lm.chat import ChatError, parse_messages  # light: pydantic only
 from freestack.settings import settings
 from freestack_server.core.errors import PayloadError, kind_of
-
-if TYPE_CHECKING:  # the ML core loads torch: the runtimes import it when a model generates
-    from freestack.ml.generation import Completion, GenerationSettings
 
 log = logging.getLogger("freestack.serving")
 
@@ -264,7 +263,7 @@ class Generator:
         #: the tokenizer the checks count prompt tokens with: the runtime that generates in another thread
         #: gives them a copy of their own (a fast tokenizer is not safe to share across threads)
         self.check_tokenizer = tokenizer
-        self.columns = net.columns  # freestack.ml.generation.ChatColumns
+        self.columns = net.columns  # freestack.ml.lm.chat.ChatColumns
         self.bounds, self.generation_config = bounds, generation_config or {}
         self.max_length = int(net.max_length)
         self.max_prompt_tokens = int(bounds.max_prompt_tokens or self.max_length)
@@ -275,8 +274,6 @@ class Generator:
     def settings(self, params: Mapping[str, object] | None) -> GenerationSettings:
         """The generation settings of a request's ``params`` within the bounds (:class:`GenerationParameters`);
         PayloadError (400) naming the parameter, and the bound it is beyond or what to send."""
-        from freestack.ml.generation import GenerationSettings
-
         try:
             checked = GenerationParameters.model_validate(dict(params or {}), context={"bounds": self.bounds})
         except ValidationError as exc:  # the first parameter refused, in the order of the fields
@@ -318,10 +315,8 @@ class Generator:
 
     def chat(self, value: object, where: str, *, messages: bool) -> tuple[list[dict[str, str]], str]:
         """A prompt (text: one user turn) or a conversation (``messages``: a list of {"role", "content"}, or
-        its JSON), parsed by the ML core's one parser (:func:`freestack.ml.generation.parse_messages`),
+        its JSON), parsed by the ML core's one parser (:func:`freestack.ml.lm.chat.parse_messages`),
         with the model's system prompt first; and the text the request log keeps."""
-        from freestack.ml.generation import ChatError, parse_messages
-
         try:
             chat = parse_messages(value, where, prompt=not messages)
         except ChatError as exc:
@@ -333,24 +328,24 @@ class Generator:
         self,
         chats: list[list[dict[str, str]]],
         texts: list[str | tuple[int, ...]],
-        params: Mapping[str, object] | None,
+        settings: GenerationSettings,
         form: dict[str, str] | None = None,
         *,
         continued: bool = False,
         tools: list | None = None,
     ) -> Prompts:
-        """A request's prompts, checked: their number, the parameters, and each prompt's length (cut from
-        the left, or refused with 413, by ``truncate``). ``continued``: the texts are continued as they
+        """A request's prompts, checked: their number and each prompt's length (cut from the left, or
+        refused with 413, by ``truncate``), under ``settings`` (:meth:`settings`, the request's parameters
+        checked against the bounds). ``continued``: the texts are continued as they
         stand, with no chat template (the OpenAI API's completions; a tuple is token ids, kept as its
         decoded text); ``tools``: the functions the chat
         template lays out for the model (an OpenAI request's own; the version's, ``columns.tools``, on the
         routes that cannot send any)."""
-        from freestack.ml.generation import ChatError, EmptyPrompt, PromptTooLong, prompt_ids
+        from freestack.ml.lm.prompts import EmptyPrompt, PromptTooLong, prompt_ids
 
         if not chats:
             raise PayloadError("the request holds no prompt: send a prompt or a list of messages")
         self.check_count(len(chats))
-        settings = self.settings(params)
         try:
             ids = prompt_ids(self.check_tokenizer, texts if continued else chats, settings, tools, self.rows)
         except PromptTooLong as exc:
@@ -376,7 +371,7 @@ class Generator:
     # -- answering --------------------------------------------------------------------------------------
     def run(self, prompts: Prompts) -> list[Generated]:
         """Answers to ``prompts`` (checked), ``batch_prompts`` at a time: one ``generate`` call each."""
-        from freestack.ml.generation import generate
+        from freestack.ml.lm.sampling import generate
 
         out: list[Generated] = []
         step = max(1, self.bounds.batch_prompts)
@@ -388,7 +383,7 @@ class Generator:
 
     def warm_up(self) -> None:
         """One token for an empty prompt: a broken model fails here, at load, not on traffic."""
-        from freestack.ml.generation import GenerationSettings, generate
+        from freestack.ml.lm.sampling import generate
 
         chat = self.columns.with_system([{"role": "user", "content": ""}])
         generate(

@@ -164,7 +164,7 @@ class ServedModel:
                 "config": config.as_dict(),
                 # category / text / image columns: requests carry raw values (freestack.ml.features)
                 "encoder": pre.encoder,
-                "chat": pre.chat,  # a text-generation model's chat columns (freestack.ml.generation)
+                "chat": pre.chat,  # a text-generation model's chat columns (freestack.ml.lm)
             }
         return self._described
 

@@ -120,7 +120,7 @@ class RequestLog:
         self, request_id: str, prompts: list[str], completions: list[Any], ts: datetime | None = None
     ) -> None:
         """Keep one answered text-generation request: its prompts (the text the client sent, a chat as JSON)
-        and their completions (:class:`freestack.ml.generation.Completion`: text, token counts, finish reason)."""
+        and their completions (:class:`freestack.ml.lm.answers.Completion`: text, token counts, finish reason)."""
         n = min(len(prompts), self.max_rows)
         entry = (ts.timestamp() if ts else time.time(), request_id, prompts[:n], completions[:n])
         self._append("_generated", entry, n)

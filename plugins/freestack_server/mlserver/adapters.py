@@ -54,7 +54,7 @@ from freestack.version.folder import open_folder
 from freestack_server.core.fetch import FetchError, FetchSource, read_bounded, reader, split_alias
 
 if TYPE_CHECKING:
-    from freestack.ml.engine import Engine
+    from freestack.ml.lm.engine import Engine
     from freestack_server.core.model import ServedModel
 
 log = logging.getLogger("freestack.serving")

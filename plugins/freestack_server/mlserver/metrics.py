@@ -14,7 +14,7 @@ from functools import cache
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from freestack.ml.generation import Completion
+    from freestack.ml.lm.answers import Completion
 
 #: the buckets of the latency histograms, in seconds (vLLM's for time to first token and between tokens)
 TOKEN_SECONDS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)

@@ -5,7 +5,7 @@ of the runtime serving the version (:class:`OpenAIRoutes`): MLServer adds them t
 freestack's middleware (the key, the body limit, the refusals), when the model loads, and each finds the
 version's model, engine and adapters on the runtime (:class:`Served`). A request is a typed model
 (:mod:`.protocol`), its parameters checked against the deployment's bounds as every request's are; the
-answers come from :mod:`freestack.ml.engine` as the ``openai`` package's own types, and the request log
+answers come from :mod:`freestack.ml.lm.engine` as the ``openai`` package's own types, and the request log
 keeps each request with its version. Structured outputs, tool calls (:mod:`.tools`), ``n``, ``seed`` and
 ``logprobs`` are answered as OpenAI defines them; what differs from OpenAI's service (``temperature`` 0 by
 default, completions of text prompts without the chat template) is in ``docs/stages/serving.md``. Every
@@ -31,29 +31,28 @@ from mlserver.handlers import custom_handler
 from openai.types import Completion as TextCompletion
 from openai.types import Model
 from openai.types.chat import ChatCompletion
-from pydantic import JsonValue
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from freestack.ml.constrained import Grammar, GrammarError
-from freestack.ml.engine import Busy, Engine, EngineError, needs_apart
-from freestack.ml.generation import Completion, GenerationSettings, TokenLogprob
-from freestack_server.core.errors import PayloadError
+from freestack.ml.lm.answers import Completion, GenerationSettings, TokenLogprob
+from freestack.ml.lm.constrained import Grammar, GrammarError
+from freestack.ml.lm.engine import Busy, Engine, EngineError, needs_apart
 from freestack_server.core.generation import Generated, Generator, Prompts
 from freestack_server.core.model import ServedModel
 from freestack_server.mlserver import metrics as oip_metrics
 from freestack_server.mlserver.adapters import Adapters, NotServed
 from freestack_server.mlserver.protocol import (
+    Asked,
     ChatCompletionRequest,
     CompletionRequest,
     LoadLoraAdapterRequest,
     OpenAIError,
     StreamOptions,
     UnloadLoraAdapterRequest,
+    checked,
     read,
 )
 from freestack_server.mlserver.tools import Call as ToolCall
-from freestack_server.mlserver.tools import ToolCalling
 from freestack_server.mlserver.unbatched import UnbatchedBound
 
 log = logging.getLogger("freestack.serving")
@@ -63,8 +62,6 @@ REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 #: the answer's header naming the prompts (their indices, comma-separated) cut from the left to fit the
 #: context (``generation.truncate: left``); absent when none was
 TRUNCATED_HEADER = "x-freestack-truncated-prompts"
-#: the deployment's names of generation parameters, as OpenAI's API names them
-OPENAI_NAMES = {"max_new_tokens": "max_tokens"}
 
 
 @dataclass(frozen=True)
@@ -161,16 +158,12 @@ class OpenAIRoutes:
             served = self._served()
             body = read(kind, await request.body())
             version, adapter = await served.adapters.answerer(body.model)  # loaded if need be
-            chat = isinstance(body, ChatCompletionRequest)
-            tools = ToolCalling.of(body, served.generator.tokenizer) if chat else None
-            prompts = _prompts(served.generator, body, tools)
-            call = Call(served, prompts, version, adapter, chat, started, _call_id(request, chat))
-            call.tools, call.n, call.top = tools, body.n, body.top_logprobs
-            call.token_ids = body.return_token_ids
-            call.client = request.client.host if request.client else "unknown"
-            schema = tools.schema() if tools else body.response_format and body.response_format.schema
-            if tools and schema or body.response_format and body.response_format.constrained:
-                call.grammar = await _grammar(served.engine, schema, tools)
+            asked = body.to_settings(served.generator)
+            prompts = _prompts(served.generator, body, asked)
+            grammar = await _grammar(served.engine, asked) if asked.constrained else None
+            kind = ChatCall if isinstance(body, ChatCompletionRequest) else TextCall
+            client = request.client.host if request.client else "unknown"
+            call = kind(served, prompts, asked, grammar, version, adapter, started, request, client)
             if not body.stream:
                 return JSONResponse(await call.whole(), headers=call.headers)
             events = call.events(body.stream_options or StreamOptions())
@@ -202,58 +195,29 @@ def _model(model_id: str) -> Model:
     return Model(id=model_id, object="model", created=int(time.time()), owned_by="freestack")
 
 
-def _call_id(request: Request, chat: bool) -> str:
-    """The request's id: the client's ``X-Request-Id`` when it is a plain name (the deploy's smoke test sends
-    one, so its requests stay out of the request log), else a new one."""
-    given = request.headers.get("x-request-id", "")
-    if REQUEST_ID_RE.match(given):
-        return given
-    return f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}"
-
-
-def _checked(call: Callable[[], Prompts]) -> Prompts:
-    """The generator's check, its refusal in OpenAI's format, naming the parameter as the client sent it
-    (``context_length_exceeded`` for an over-long prompt)."""
-    try:
-        return call()
-    except PayloadError as exc:
-        code = "context_length_exceeded" if exc.reason == "PROMPT_TOO_LONG" else None
-        param, message = OPENAI_NAMES.get(exc.param or "", exc.param), exc.message
-        if param != exc.param and message.startswith(f"{exc.param} "):
-            message = f"{param}{message[len(exc.param or '') :]}"
-        raise OpenAIError(exc.status, message, param, code) from None
-
-
-def _prompts(
-    generator: Generator, body: ChatCompletionRequest | CompletionRequest, tools: ToolCalling | None
-) -> Prompts:
+def _prompts(generator: Generator, body: ChatCompletionRequest | CompletionRequest, asked: Asked) -> Prompts:
     """A request's prompts, checked against the deployment's bounds: the chat with the model's system prompt
     first (and the tools it may call), or the texts continued as they stand."""
-    params = body.parameters()
+    settings = asked.settings
     if isinstance(body, ChatCompletionRequest):
         chat = generator.columns.with_system([m.model_dump(exclude_none=True) for m in body.messages])
         text, form = json.dumps(chat, ensure_ascii=False), {"kind": "openai-chat"}
-        listed = tools.template_tools() if tools else None
-        return _checked(
-            lambda: generator.prompts([chat] * body.n, [text] * body.n, params, form, tools=listed)
+        listed = asked.tools.template_tools() if asked.tools else None
+        return checked(
+            lambda: generator.prompts([chat] * body.n, [text] * body.n, settings, form, tools=listed)
         )
     texts = [t for t in body.prompt for _ in range(body.n)]  # choice prompt * n + j answers prompt's j-th
     decode = generator.tokenizer.decode
     chats = [[{"role": "user", "content": t if isinstance(t, str) else decode(list(t))}] for t in texts]
     form = {"kind": "openai-text"}
-    return _checked(lambda: generator.prompts(chats, texts, params, form, continued=True))
+    return checked(lambda: generator.prompts(chats, texts, settings, form, continued=True))
 
 
-async def _grammar(
-    engine: Engine, schema: dict[str, JsonValue] | None, tools: ToolCalling | None = None
-) -> Grammar:
-    """The grammar of the JSON ``schema`` the answers follow (None: any object; ``response_format``, or the
-    calls ``tool_choice`` asks for), compiled on a worker thread (a large schema takes a while); a schema
-    that cannot be followed is a 400 naming the field it came in (each tool's parameters are compiled
-    alone first, so the refusal names the tool at fault)."""
-    fields = tools.schemas() if tools else []
-    whole = [("tools" if fields else "response_format.json_schema.schema", schema)]
-    for field, parameters in [*fields, *whole]:
+async def _grammar(engine: Engine, asked: Asked) -> Grammar:
+    """The grammar of the JSON schema the answers follow (``response_format``, or the calls ``tool_choice``
+    asks for; :meth:`~.protocol.Asked.grammars`), compiled on a worker thread (a large schema takes a
+    while); a schema that cannot be followed is a 400 naming the field it came in."""
+    for field, parameters in asked.grammars():
         try:
             grammar = await asyncio.to_thread(engine.grammar, parameters)
         except GrammarError as exc:
@@ -262,29 +226,33 @@ async def _grammar(
 
 
 class Call:
-    """One request's generation: its prompts' answers, whole or as server-sent events, then logged."""
+    """One request's generation: its prompts' answers, whole or as server-sent events, then logged. Built
+    whole from what the request asks (:class:`~.protocol.Asked`) and the ``grammar`` its answers follow
+    (``response_format``, forced tool calls); a chat's and a text completion's answers differ in their
+    shape only (:class:`ChatCall`, :class:`TextCall`)."""
 
-    grammar: Grammar | None = None  #: what every answer follows (``response_format``, forced tool calls)
-    tools: ToolCalling | None = None  #: the calls an answer may make (chat)
-    n: int = 1  #: answers to each prompt (the prompts are repeated n times)
-    top: int | None = None  #: each token's log-probability, with this many likely tokens (None: none)
-    token_ids: bool = False  #: each choice with its prompt's and its answer's token ids
-    client: str = "unknown"  #: the client's address (the bound on requests beside the batch is per client)
+    prefix = "cmpl"  #: of the call's id
+    whole_type: type = TextCompletion
+    whole_name = chunk_name = "text_completion"
 
     def __init__(
         self,
         served: Served,
         prompts: Prompts,
+        asked: Asked,
+        grammar: Grammar | None,
         version: str,
         adapter: str | None,
-        chat: bool,
         started: float,
-        call_id: str,
+        request: Request,
+        client: str = "unknown",
     ):
-        self.served, self.prompts, self.chat = served, prompts, chat
+        self.served, self.prompts, self.asked, self.grammar = served, prompts, asked, grammar
+        self.tools, self.n, self.top, self.token_ids = asked.tools, asked.n, asked.top, asked.token_ids
+        self.client = client  # the client's address (the bound on requests beside the batch is per client)
         self.version, self.adapter, self.model = version, adapter, f"{served.name}:{version}"
-        self.started, self.id, self.created = started, call_id, int(time.time())
-        self.headers = {"x-freestack-version": self.model, "x-request-id": call_id}
+        self.started, self.id, self.created = started, self._id(request), int(time.time())
+        self.headers = {"x-freestack-version": self.model, "x-request-id": self.id}
         # generation.truncate: left cut these prompts to fit the context (the request log says so too)
         cut = [str(i) for i, (_, truncated) in enumerate(prompts.ids) if truncated]
         if cut:
@@ -306,7 +274,7 @@ class Call:
             raise OpenAIError(429, str(exc), None, "rate_limit_exceeded") from None
 
     def _unbatched(self) -> contextlib.AbstractContextManager:
-        """A place beside the batch for a request that needs one (:func:`freestack.ml.engine.needs_apart`):
+        """A place beside the batch for a request that needs one (:func:`freestack.ml.lm.engine.needs_apart`):
         OpenAIError 429 past the deployment's or the client's bound."""
         if needs_apart(self.prompts.settings, self.grammar, self.top):
             return self.served.unbatched.hold(self.client)
@@ -341,8 +309,7 @@ class Call:
         if self.token_ids:  # vLLM's return_token_ids
             for i, (choice, answer) in enumerate(zip(choices, answers, strict=True)):
                 choice.update(prompt_token_ids=self.prompts.ids[i][0], token_ids=answer.token_ids or [])
-        kind, name = (ChatCompletion, "chat.completion") if self.chat else (TextCompletion, "text_completion")
-        return kind(object=name, choices=choices, **head).model_dump(exclude_none=True)
+        return self.whole_type(object=self.whole_name, choices=choices, **head).model_dump(exclude_none=True)
 
     async def events(self, options: StreamOptions) -> AsyncIterator[str]:
         """The answer as server-sent events: OpenAI's chunks, then ``[DONE]``. The first event (the role, or
@@ -363,7 +330,7 @@ class Call:
             return _tokens(prompt, done + generating) if continuous else None
 
         try:
-            yield self._chunk({"role": "assistant", "content": ""} if self.chat else "", usage=so_far(0))
+            yield self._chunk(self._opening(), usage=so_far(0))
             for i, (ids, cut) in enumerate(self.prompts.ids):
                 text, last = [], None  # last: when the stream's last text came
                 waiting -= 1
@@ -378,9 +345,10 @@ class Call:
                     text.append(piece.text)
                     last = self._timed(last) if piece.text else last
                     if (piece.text or piece.finish_reason) and self.tools is None:
-                        delta = {"content": piece.text} if self.chat else piece.text
                         usage = so_far(piece.completion_tokens)
-                        yield self._chunk(delta, i, piece.finish_reason, usage, piece.logprobs)
+                        yield self._chunk(
+                            self._delta(piece.text), i, piece.finish_reason, usage, piece.logprobs
+                        )
                 done += piece.completion_tokens
                 answers.append(
                     Completion(
@@ -452,6 +420,22 @@ class Call:
     ) -> str:
         return _event(self._chunk_body([self._choice(index, delta, finish_reason, "delta", logprobs)], usage))
 
+    def _id(self, request: Request) -> str:
+        """The request's id: the client's ``X-Request-Id`` when it is a plain name (the deploy's smoke test
+        sends one, so its requests stay out of the request log), else a new one."""
+        given = request.headers.get("x-request-id", "")
+        if REQUEST_ID_RE.match(given):
+            return given
+        return f"{self.prefix}-{secrets.token_hex(12)}"
+
+    def _opening(self) -> dict[str, object] | str:
+        """The stream's first delta, sent once the request's slots are held: an empty text."""
+        return ""
+
+    def _delta(self, text: str) -> dict[str, object] | str:
+        """A streamed piece of text: a completion's text itself."""
+        return text
+
     def _choice(
         self,
         index: int,
@@ -460,28 +444,23 @@ class Call:
         key: str,
         logprobs: list[TokenLogprob] | None = None,
     ) -> dict[str, object]:
-        """One choice: a text, or a chat's ``content`` as ``key`` (a whole answer's text as its ``message``),
-        with its tokens' log-probabilities when asked for."""
+        """One choice: its ``content`` (``key``: ``message`` for a whole answer, ``delta`` for a streamed
+        piece), with its tokens' log-probabilities when asked for."""
         kept = None if self.top is None else self._logprobs(logprobs or [])
-        if not self.chat:
-            return {"index": index, "text": content, "finish_reason": finish_reason, "logprobs": kept}
-        content = {"role": "assistant", "content": content} if key == "message" else content
-        return {"index": index, key: content, "finish_reason": finish_reason, "logprobs": kept}
+        return {
+            "index": index,
+            **self._content(content, key),
+            "finish_reason": finish_reason,
+            "logprobs": kept,
+        }
+
+    def _content(self, content: object, key: str) -> dict[str, object]:
+        """A choice's answer: a completion's ``text``."""
+        return {"text": content}
 
     def _logprobs(self, kept: list[TokenLogprob]) -> dict[str, object]:
-        """OpenAI's ``logprobs`` of a choice: chat's ``content`` list, or the legacy completions' columns."""
-        decode = self.served.generator.tokenizer.decode
-        word = functools.lru_cache(maxsize=None)(lambda t: decode([t]))
-
-        def entry(t: int, lp: float) -> dict[str, object]:
-            return {"token": word(t), "logprob": lp, "bytes": list(word(t).encode())}
-
-        if self.chat:
-            return {
-                "content": [
-                    {**entry(k.token, k.logprob), "top_logprobs": [entry(*t) for t in k.top]} for k in kept
-                ]
-            }
+        """The legacy completions' ``logprobs``: tokens, their log-probabilities, the likely ones, offsets."""
+        word = self._word()
         offsets = list(itertools.accumulate((len(word(k.token)) for k in kept[:-1]), initial=0))
         return {
             "tokens": [word(k.token) for k in kept],
@@ -489,6 +468,10 @@ class Call:
             "top_logprobs": [{word(t): lp for t, lp in k.top} for k in kept] if self.top else None,
             "text_offset": offsets if kept else [],
         }
+
+    def _word(self) -> Callable[[int], str]:
+        """A token's text (each decoded once)."""
+        return functools.lru_cache(maxsize=None)(lambda t: self.served.generator.tokenizer.decode([t]))
 
     def _settings(self, index: int) -> GenerationSettings:
         """The settings of choice ``index``: its own seed (the request's, plus its index) when sampled."""
@@ -506,10 +489,9 @@ class Call:
     def _chunk_body(
         self, choices: list[dict[str, object]], usage: dict[str, int] | None = None
     ) -> dict[str, object]:
-        kind = "chat.completion.chunk" if self.chat else "text_completion"
         body = {
             "id": self.id,
-            "object": kind,
+            "object": self.chunk_name,
             "created": self.created,
             "model": self.model,
             "choices": choices,
@@ -531,6 +513,41 @@ class Call:
         self.served.core.answer_generated(self.prompts, answered, self.id, self.started, self.version)
         oip_metrics.record(self.version, "openai", time.perf_counter() - self.started, len(answers))
         oip_metrics.answered(self.version, answers)
+
+
+class TextCall(Call):
+    """``POST /v1/completions``: each answer a text, its log-probabilities in the legacy columns."""
+
+
+class ChatCall(Call):
+    """``POST /v1/chat/completions``: each answer an assistant message (with its tool calls, when the
+    request gave tools), its log-probabilities as chat's ``content`` list."""
+
+    prefix = "chatcmpl"
+    whole_type: type = ChatCompletion
+    whole_name, chunk_name = "chat.completion", "chat.completion.chunk"
+
+    def _opening(self) -> dict[str, object]:
+        return {"role": "assistant", "content": ""}
+
+    def _delta(self, text: str) -> dict[str, object]:
+        return {"content": text}
+
+    def _content(self, content: object, key: str) -> dict[str, object]:
+        """A chat's answer as ``key``: a whole answer's text as its ``message``, a piece as it is."""
+        return {key: {"role": "assistant", "content": content} if key == "message" else content}
+
+    def _logprobs(self, kept: list[TokenLogprob]) -> dict[str, object]:
+        word = self._word()
+
+        def entry(t: int, lp: float) -> dict[str, object]:
+            return {"token": word(t), "logprob": lp, "bytes": list(word(t).encode())}
+
+        return {
+            "content": [
+                {**entry(k.token, k.logprob), "top_logprobs": [entry(*t) for t in k.top]} for k in kept
+            ]
+        }
 
 
 async def _chain(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:

@@ -1,15 +1,17 @@
 """The OpenAI API's requests as typed models, in the shape of vLLM's ``entrypoints/openai/protocol.py`` and
 ``transformers serve``: :class:`ChatCompletionRequest`, whose ``messages`` are the ML core's one chat parser
-(:class:`freestack.ml.generation.Message`), and :class:`CompletionRequest`. Each field's rule is its own
+(:class:`freestack.ml.lm.chat.Message`), and :class:`CompletionRequest`. Each field's rule is its own
 validator; a request's first refusal is :class:`OpenAIError`, a 400 in OpenAI's error shape whose ``param``
 names the field (``n``, ``messages[0].content``, ``prompt[1]``). The generation parameters are taken as JSON
 sends them, for the deployment's bounds to check (:class:`freestack_server.core.generation.GenerationParameters`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
-from typing import Annotated, Literal, TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -24,7 +26,13 @@ from pydantic import (
 from pydantic.types import StrictBool, StrictInt
 from starlette.responses import Response
 
-from freestack.ml.generation import Message, refusal, unicode_text
+from freestack.ml.lm.answers import GenerationSettings
+from freestack.ml.lm.chat import Message, refusal, unicode_text
+from freestack_server.core.errors import PayloadError
+from freestack_server.mlserver.tools import NamedToolChoice, ToolCalling, ToolDefinition
+
+if TYPE_CHECKING:
+    from freestack_server.core.generation import Generator
 
 #: taken at OpenAI's default only (a value that asks for more is refused, naming it)
 DEFAULTS: dict[str, JsonValue] = {
@@ -41,6 +49,8 @@ MAX_N = 128
 IGNORED = ("user", "metadata", "store", "service_tier")
 #: OpenAI's error type of each status (others: invalid_request_error, server_error from 500)
 ERROR_TYPES = {401: "authentication_error", 429: "rate_limit_exceeded"}
+#: the deployment's names of generation parameters, as OpenAI's API names them
+OPENAI_NAMES = {"max_new_tokens": "max_tokens"}
 
 
 class OpenAIError(Exception):
@@ -152,6 +162,44 @@ class ResponseFormat(BaseModel):
         return self.json_schema.schema_ if self.json_schema is not None else None
 
 
+Checked = TypeVar("Checked")
+
+
+def checked(call: Callable[[], Checked]) -> Checked:
+    """The model server's check of a request (its bounds, its prompts), its refusal in OpenAI's format,
+    naming the parameter as the client sent it (``context_length_exceeded`` for an over-long prompt)."""
+    try:
+        return call()
+    except PayloadError as exc:
+        code = "context_length_exceeded" if exc.reason == "PROMPT_TOO_LONG" else None
+        param, message = OPENAI_NAMES.get(exc.param or "", exc.param), exc.message
+        if param != exc.param and message.startswith(f"{exc.param} "):
+            message = f"{param}{message[len(exc.param or '') :]}"
+        raise OpenAIError(exc.status, message, param, code) from None
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What one request asks of the engine, whole and immutable (vLLM's ``SamplingParams`` is the anchor):
+    the generation settings within the deployment's bounds, how many answers a prompt, each token's
+    log-probability with how many likely tokens (``top``; None: none), the token ids, the tools an answer
+    may call, and the JSON schema it follows when ``constrained`` (None: any JSON object)."""
+
+    settings: GenerationSettings
+    n: int = 1
+    top: int | None = None
+    token_ids: bool = False
+    tools: ToolCalling | None = None
+    schema: dict[str, JsonValue] | None = None
+    constrained: bool = False
+
+    def grammars(self) -> list[tuple[str, dict[str, JsonValue] | None]]:
+        """Each schema the answers' grammar is compiled from, with the field the client sent it in: each
+        forced tool's parameters alone first (a refusal then names the tool at fault), then the whole."""
+        fields = self.tools.schemas() if self.tools else []
+        return [*fields, ("tools" if fields else "response_format.json_schema.schema", self.schema)]
+
+
 class OpenAIRequest(BaseModel):
     """What both generating routes take; an unknown parameter is refused by name."""
 
@@ -224,38 +272,15 @@ class OpenAIRequest(BaseModel):
         given = {"max_new_tokens": self.limit, "temperature": self.temperature, "top_p": self.top_p}
         return {k: v for k, v in (given | {"stop": self.stop, "seed": self.seed}).items() if v is not None}
 
-
-class FunctionDefinition(BaseModel):
-    model_config = {"extra": "forbid", "frozen": True}
-
-    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-    description: str | None = None
-    parameters: dict[str, JsonValue] | None = None  #: a JSON schema of the arguments
-    strict: StrictBool | None = None
-
-
-class ToolDefinition(BaseModel):
-    """One of ``tools``: a function the model may call."""
-
-    model_config = {"extra": "forbid", "frozen": True}
-
-    type: Literal["function"]
-    function: FunctionDefinition
-
-
-class FunctionName(BaseModel):
-    model_config = {"extra": "forbid", "frozen": True}
-
-    name: str
-
-
-class NamedToolChoice(BaseModel):
-    """``tool_choice`` naming the function the answer calls."""
-
-    model_config = {"extra": "forbid", "frozen": True}
-
-    type: Literal["function"]
-    function: FunctionName
+    def to_settings(self, generator: Generator) -> Asked:
+        """The request as the engine takes it, in this one place (vLLM's ``to_sampling_params``): its
+        parameters checked against the deployment's bounds (OpenAIError naming the parameter as sent),
+        ``n``, log-probabilities, token ids and ``response_format``."""
+        settings = checked(lambda: generator.settings(self.parameters()))
+        form = self.response_format
+        schema = form.schema if form is not None else None
+        constrained = form is not None and form.constrained
+        return Asked(settings, self.n, self.top_logprobs, self.return_token_ids, None, schema, constrained)
 
 
 class ChatCompletionRequest(OpenAIRequest):
@@ -314,6 +339,33 @@ class ChatCompletionRequest(OpenAIRequest):
     @property
     def top_logprobs(self) -> int | None:
         return (self.top_logprobs_ or 0) if self.logprobs else None
+
+    def to_settings(self, generator: Generator) -> Asked:
+        """:meth:`OpenAIRequest.to_settings`, with the tools an answer may call: generated under their
+        schema when ``tool_choice`` forces calls, free and then read for ``auto``."""
+        asked = super().to_settings(generator)
+        tools = self.tool_calling(generator.tokenizer)
+        if tools is None:
+            return asked
+        schema = tools.schema()
+        return dataclasses.replace(asked, tools=tools, schema=schema, constrained=schema is not None)
+
+    def tool_calling(self, tokenizer) -> ToolCalling | None:
+        """The request's tool calling; None for a text answer (no tools, or ``tool_choice: "none"``). A 400
+        when ``auto`` cannot read this version's calls."""
+        choice = self.tool_choice or ("auto" if self.tools else "none")
+        if choice == "none":
+            return None
+        if choice == "auto" and getattr(tokenizer, "response_template", None) is None:
+            raise OpenAIError(
+                400,
+                'tool_choice "auto": this version\'s tokenizer has no response_template, so the calls in its '
+                'answers cannot be read; send tool_choice "required" or {"type": "function", "function": '
+                '{"name": ...}} (the answer is then constrained to a call), or serve a version whose '
+                "tokenizer has a response_template",
+                "tool_choice",
+            )
+        return ToolCalling(tuple(self.tools or ()), choice, self.parallel_tool_calls is not False)
 
 
 class CompletionRequest(OpenAIRequest):

@@ -37,7 +37,7 @@ work; this class maps the protocol onto it:
   ``temperature``, ``top_p``, ``stop``; content type ``raw``) or in the request's ``parameters``; the
   answer one ``BYTES`` output ``output`` ``[prompts, 1]`` of content type ``hg_jsonlist``, a JSON object a
   prompt: ``{"generated_text", "finish_reason", "prompt_tokens", "completion_tokens", "truncated"}``.
-  Requests are answered by continuous batching (:mod:`freestack.ml.engine`): each prompt joins the
+  Requests are answered by continuous batching (:mod:`freestack.ml.lm.engine`): each prompt joins the
   running batch between two decoding steps. The same version answers the OpenAI API on the same port
   (:mod:`freestack_server.mlserver.openai`).
 """
@@ -68,8 +68,8 @@ from mlserver.types import (
     ResponseOutput,
 )
 
-from freestack.ml.engine import Busy, Engine, EngineError
-from freestack.ml.generation import eos_ids, load_tokenizer
+from freestack.ml.lm.engine import Busy, Engine, EngineError
+from freestack.ml.lm.prompts import eos_ids, load_tokenizer
 from freestack_server.core.config import ServerConfig
 from freestack_server.core.errors import PayloadError
 from freestack_server.core.generation import ALIASES, FLAGS, PARAMETERS, Generated, Generator, Prompts
@@ -162,7 +162,7 @@ class FreestackRuntime(OpenAIRoutes, MLModel):
         return True
 
     def _start_engine(self, generator: Generator) -> Served:
-        """The version's generation engine (:mod:`freestack.ml.engine`), which V2 and the OpenAI API use."""
+        """The version's generation engine (:mod:`freestack.ml.lm.engine`), which V2 and the OpenAI API use."""
         generator.check_tokenizer = load_tokenizer(self.core.cache_dir)  # the event loop's own
         # the end-of-turn tokens the model can write (one the tokenizer added past its rows never comes)
         known = eos_ids(generator.check_tokenizer, generator.generation_config)
@@ -319,7 +319,10 @@ class FreestackRuntime(OpenAIRoutes, MLModel):
         if type(full_text) is not bool:
             raise PayloadError('"return_full_text" must be true or false')
         chats, texts, sent = _prompts_of(gen, prompt_inputs[0])
-        prompts = gen.prompts(chats, texts, params, {"kind": prompt_inputs[0].name}, tools=gen.columns.tools)
+        settings = gen.settings(params)
+        prompts = gen.prompts(
+            chats, texts, settings, {"kind": prompt_inputs[0].name}, tools=gen.columns.tools
+        )
         return prompts, sent, full_text
 
     async def _generate(self, served: Served, payload: InferenceRequest) -> InferenceResponse:

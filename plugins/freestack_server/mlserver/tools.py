@@ -3,7 +3,7 @@
 come back as OpenAI's ``tool_calls``.
 
 - ``tool_choice: "required"`` or a named function: the answer is generated under a JSON schema
-  (:mod:`freestack.ml.constrained`), a list of ``{"name", "arguments"}`` calls of the given tools (one
+  (:mod:`freestack.ml.lm.constrained`), a list of ``{"name", "arguments"}`` calls of the given tools (one
   only, with ``parallel_tool_calls: false``) or the named function's arguments, so every call names a
   tool and its arguments follow the tool's ``parameters``, whatever the model.
 - ``"auto"``: the model answers freely and its calls are read by transformers' response parser
@@ -17,15 +17,44 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
-from pydantic import JsonValue
+from pydantic import BaseModel, JsonValue, StringConstraints
+from pydantic.types import StrictBool
 
-from freestack_server.mlserver.protocol import (
-    ChatCompletionRequest,
-    NamedToolChoice,
-    OpenAIError,
-    ToolDefinition,
-)
+
+class FunctionDefinition(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+
+    name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    description: str | None = None
+    parameters: dict[str, JsonValue] | None = None  #: a JSON schema of the arguments
+    strict: StrictBool | None = None
+
+
+class ToolDefinition(BaseModel):
+    """One of ``tools``: a function the model may call."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice`` naming the function the answer calls."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    type: Literal["function"]
+    function: FunctionName
+
 
 #: a call's arguments when its tool declares no ``parameters``
 ANY_ARGUMENTS: dict[str, JsonValue] = {"type": "object"}
@@ -55,24 +84,6 @@ class ToolCalling:
     tools: tuple[ToolDefinition, ...]
     choice: str | NamedToolChoice
     parallel: bool
-
-    @classmethod
-    def of(cls, body: ChatCompletionRequest, tokenizer) -> ToolCalling | None:
-        """The request's tool calling; None for a text answer (no tools, or ``tool_choice: "none"``). A 400
-        when ``auto`` cannot read this version's calls."""
-        choice = body.tool_choice or ("auto" if body.tools else "none")
-        if choice == "none":
-            return None
-        if choice == "auto" and getattr(tokenizer, "response_template", None) is None:
-            raise OpenAIError(
-                400,
-                'tool_choice "auto": this version\'s tokenizer has no response_template, so the calls in its '
-                'answers cannot be read; send tool_choice "required" or {"type": "function", "function": '
-                '{"name": ...}} (the answer is then constrained to a call), or serve a version whose '
-                "tokenizer has a response_template",
-                "tool_choice",
-            )
-        return cls(tuple(body.tools or ()), choice, body.parallel_tool_calls is not False)
 
     def template_tools(self) -> list[dict[str, object]]:
         """The tools as chat templates take them (OpenAI's form)."""
@@ -191,4 +202,4 @@ def _call(name: str, arguments: str) -> Call:
     return Call(name, arguments, f"call_{secrets.token_hex(12)}")
 
 
-__all__ = ["Call", "ToolCalling"]
+__all__ = ["Call", "FunctionDefinition", "FunctionName", "NamedToolChoice", "ToolCalling", "ToolDefinition"]

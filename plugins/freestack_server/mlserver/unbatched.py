@@ -1,5 +1,5 @@
 """The bound on requests the continuous batch cannot answer as asked (a grammar, log-probabilities, a seeded
-sample: :func:`freestack.ml.engine.needs_apart`). Each runs beside the batch, one at a time, with the batch
+sample: :func:`freestack.ml.lm.engine.needs_apart`). Each runs beside the batch, one at a time, with the batch
 paused meanwhile, so their queue is bounded: per deployment (``deploy.generation.max_unbatched_requests``)
 and per client address (``max_unbatched_per_client``). Past either, a 429 with ``Retry-After`` says which
 bound, before anything is generated; a request holds its place until its answer (or stream) ends.

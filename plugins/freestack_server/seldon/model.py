@@ -342,7 +342,7 @@ def prompts_of(gen: Generator, X: Any) -> Prompts:
     conversation too."""
     if isinstance(X, str):
         chat, text = gen.chat(X, "strData", messages=False)
-        return gen.prompts([chat], [text], None, {"kind": "strData"}, tools=gen.columns.tools)
+        return gen.prompts([chat], [text], gen.settings(None), {"kind": "strData"}, tools=gen.columns.tools)
     if not isinstance(X, dict):
         raise PayloadError(f"this model generates text: send {GENERATION_HINT}")
     unknown = sorted(set(X) - {"prompt", "messages", "instances", "parameters", *_record_keys(gen)})
@@ -369,7 +369,7 @@ def prompts_of(gen: Generator, X: Any) -> Prompts:
         for i, rec in enumerate(records)
     ]
     chats, texts = [c for c, _ in pairs], [t for _, t in pairs]
-    return gen.prompts(chats, texts, params, {"kind": "jsonData"}, tools=gen.columns.tools)
+    return gen.prompts(chats, texts, gen.settings(params), {"kind": "jsonData"}, tools=gen.columns.tools)
 
 
 def _record_keys(gen: Generator) -> set[str]:

@@ -39,7 +39,7 @@ def documented_split(key: str, salt: str, val: float = 0.15, test: float = 0.15)
 
 
 def test_the_split_of_a_version_is_the_one_it_was_trained_and_evaluated_on(digits, capsys, tmp_path):
-    from freestack.evaluate.core import test_split
+    from freestack.evaluate.measure import test_split
     from freestack.spec import load_spec
 
     folder = digits["folder"]

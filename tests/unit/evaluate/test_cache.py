@@ -1,4 +1,4 @@
-"""evaluate's step cache (freestack.step_cache through freestack.evaluate.core.cached): a second evaluation of
+"""evaluate's step cache (freestack.step_cache through freestack.evaluate.reuse.cached): a second evaluation of
 the same candidate with nothing changed reuses the first's ``evaluation/`` without loading a model or
 writing a file; a changed partition byte, spec block, candidate file or production version is a miss
 naming what changed (the partition's day, the block, the versions); a corrupt entry, one whose outputs are
@@ -58,7 +58,7 @@ def _evaluate(spec, uri, **kw):
 
 
 def test_an_unchanged_evaluation_is_reused_and_each_change_is_a_miss(candidate, monkeypatch):
-    from freestack.evaluate import core
+    from freestack.evaluate import core, reuse
     from freestack.evaluate.spec import GateSpec
 
     spec, uri = candidate
@@ -91,7 +91,7 @@ def test_an_unchanged_evaluation_is_reused_and_each_change_is_a_miss(candidate, 
     saved = (folder / "evaluation" / "_cache.json").read_bytes()
 
     def miss(**changed) -> str:
-        found = core.cached(changed.get("spec", spec), uri, changed.get("champion"), None)
+        found = reuse.cached(changed.get("spec", spec), uri, changed.get("champion"), None)
         (folder / "evaluation" / "_cache.json").write_bytes(saved)  # a miss removed it: put it back
         assert found is not None and not found.hit
         return found.miss
@@ -127,7 +127,7 @@ def test_an_unchanged_evaluation_is_reused_and_each_change_is_a_miss(candidate, 
     (folder / "evaluation" / "report.html").unlink()
     assert miss() == "outputs gone: evaluation/report.html"
     off = spec.model_copy(update={"gate": spec.gate.model_copy(update={"cache": False})})
-    assert core.cached(off, uri, None, None) is None
+    assert reuse.cached(off, uri, None, None) is None
 
 
 def _a_hit_checks_the_evaluation_it_reuses(spec, uri, folder: Path) -> None:
@@ -137,7 +137,7 @@ def _a_hit_checks_the_evaluation_it_reuses(spec, uri, folder: Path) -> None:
     the lookup says so; an entry edited to record them too is caught by what the file itself records."""
     import hashlib
 
-    from freestack.evaluate import core
+    from freestack.evaluate import reuse
 
     entry, metrics = folder / "evaluation" / "_cache.json", folder / "evaluation" / "metrics.json"
     saved, original = entry.read_bytes(), metrics.read_bytes()
@@ -146,7 +146,7 @@ def _a_hit_checks_the_evaluation_it_reuses(spec, uri, folder: Path) -> None:
 
     def reused(**recorded) -> str:
         metrics.write_text(json.dumps({**written, **recorded}))
-        found = core.cached(spec, uri, None, None)
+        found = reuse.cached(spec, uri, None, None)
         assert found is not None and found.miss == (
             f"evaluation/metrics.json is not what run manual__first wrote (sha256 {sha[:12]} then, "
             f"sha256 {hashlib.sha256(metrics.read_bytes()).hexdigest()[:12]} now)"
@@ -154,9 +154,9 @@ def _a_hit_checks_the_evaluation_it_reuses(spec, uri, folder: Path) -> None:
         edited = json.loads(saved)  # the entry edited to record the rewritten file's sha256 as well
         edited["digests"]["evaluation/metrics.json"] = hashlib.sha256(metrics.read_bytes()).hexdigest()
         entry.write_text(json.dumps(edited))
-        found = core.cached(spec, uri, None, None)
+        found = reuse.cached(spec, uri, None, None)
         assert found is not None and found.hit  # the entry alone would be reused
-        assert core._reused(uri, found) is None and not found.hit and not entry.exists()
+        assert reuse.reused_evaluation(uri, found) is None and not found.hit and not entry.exists()
         entry.write_bytes(saved)
         return found.miss
 
@@ -176,8 +176,9 @@ def _a_hit_checks_the_evaluation_it_reuses(spec, uri, folder: Path) -> None:
         == "evaluation/metrics.json was written under no key, not by the run the cache entry names"
     )
     metrics.write_bytes(original)
-    found = core.cached(spec, uri, None, None)
-    assert found.hit and core._reused(uri, found)["cache"]["hit"] is True  # its own evaluation is reused
+    found = reuse.cached(spec, uri, None, None)
+    assert found.hit
+    assert reuse.reused_evaluation(uri, found)["cache"]["hit"] is True  # its own evaluation is reused
 
 
 def _no_model(uri):

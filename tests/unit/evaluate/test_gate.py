@@ -306,7 +306,8 @@ def test_evaluation_scores_the_trainers_test_split_and_writes_a_report(tmp_path,
 def test_regression_report_and_plots():
     import numpy as np
 
-    from freestack.evaluate.core import plots, regression_report, render_html
+    from freestack.evaluate.measure import regression_report
+    from freestack.evaluate.report import plots, render_html
 
     rng = np.random.default_rng(0)
     y = rng.normal(10, 3, 400)

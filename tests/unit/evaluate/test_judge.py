@@ -16,6 +16,7 @@ from freestack.evaluate.spec import GateSpec
 from freestack.evaluate.text_generation import exact_match
 from freestack.judging import client as judge
 from freestack.judging.spec import JudgeSpec
+from freestack.keys import NO_KEYS
 from freestack.spec import parse_spec
 from tests.unit.evaluate.judge_standin import PAIR_RUBRIC, RUBRIC, StandinJudge
 
@@ -291,12 +292,13 @@ def test_judge_rules_need_a_judge():
 
 
 def test_the_evaluation_adds_the_judges_figures_to_both_models_metrics(server):
-    from freestack.evaluate.core import EvaluationError, judged_by, render_html
-    from freestack.evaluate.text_generation import Answers
+    from freestack.errors import EvaluationError
+    from freestack.evaluate.report import render_html
+    from freestack.evaluate.text_generation import Answers, judged_by
 
     spec = _pipeline(judge={"url": server.url, "model": "freestack", "rubric": RUBRIC})
     cand, champ = Answers({"task": "generation", "rows": 8}, CAND), Answers({"task": "generation"}, CHAMP)
-    judged = judged_by(spec, CHATS, REFS, cand, champ, None)
+    judged = judged_by(spec, CHATS, REFS, cand, champ, NO_KEYS)
     assert cand.metrics["judge_score"] == 3.0 and champ.metrics["judge_score"] == 2.0
     assert cand.metrics["judge"] == {"status": "judged", **judged.identity, "reason": None}
     assert judged.identity["served_by"] == "judge:v3"
@@ -315,10 +317,10 @@ def test_the_evaluation_adds_the_judges_figures_to_both_models_metrics(server):
     )
     down = _pipeline(judge={"url": "http://127.0.0.1:9/v1", "model": "j", "retries": 0})
     with pytest.raises(EvaluationError, match="gate.judge.url http://127.0.0.1:9/v1"):
-        judged_by(down, CHATS, REFS, Answers({}, CAND), None, None)
+        judged_by(down, CHATS, REFS, Answers({}, CAND), None, NO_KEYS)
     without = copy.deepcopy(SPEC)
     del without["gate"]["judge"]
-    assert judged_by(parse_spec(without, "arith.yaml"), CHATS, REFS, cand, None, None) is None
+    assert judged_by(parse_spec(without, "arith.yaml"), CHATS, REFS, cand, None, NO_KEYS) is None
 
 
 def test_each_models_failures_are_bounded_on_their_own(server):

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from freestack.evaluate.text_generation import Answers, golden_set
 from freestack.judging import client as judge
 from freestack.judging.spec import JudgeSpec
+from freestack.keys import NO_KEYS
 from tests.unit.evaluate.judge_standin import RUBRIC, StandinJudge
 from tests.unit.evaluate.test_judge import CAND, CHAMP, CHATS, REFS, _pipeline
 
@@ -28,7 +29,7 @@ def _lines(path, rows) -> str:
 
 
 def test_the_golden_set_is_judged_besides_the_test_prompts(server, tmp_path):
-    from freestack.evaluate.core import judged_by
+    from freestack.evaluate.text_generation import judged_by
 
     golden = _lines(
         tmp_path / "golden.jsonl",
@@ -44,7 +45,9 @@ def test_the_golden_set_is_judged_besides_the_test_prompts(server, tmp_path):
         judge={"url": server.url, "model": "fair", "rubric": RUBRIC, "golden": golden, "max_rows": 3}
     )
     cand, champ = Answers({}, CAND), Answers({}, CHAMP)
-    judged = judged_by(spec, CHATS, REFS, cand, champ, None, (chats, refs, ["Paris", "hi"], ["Lyon", "hi"]))
+    judged = judged_by(
+        spec, CHATS, REFS, cand, champ, NO_KEYS, (chats, refs, ["Paris", "hi"], ["Lyon", "hi"])
+    )
     assert sorted((it["index"], it["source"]) for it in judged.items) == [
         (0, "test"),
         (1, "test"),

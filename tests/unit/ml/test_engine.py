@@ -1,4 +1,4 @@
-"""The model server's generation engine (freestack.ml.engine) on transformers' continuous batching,
+"""The model server's generation engine (freestack.ml.lm.engine) on transformers' continuous batching,
 with a registered tiny generation version (tests.support.generation_serving): greedy answers equal plain
 ``generate``'s, requests with other settings share the running batch, stop strings cut the answer and its
 stream, a short request is answered while a long one runs, a client that leaves frees its slot, and the
@@ -14,8 +14,10 @@ import pytest
 import torch
 
 from bench.structured.schemas import SCHEMAS as BENCH_SCHEMAS
-from freestack.ml.engine import Busy, Engine, StopText
-from freestack.ml.generation import GenerationSettings, _completion, eos_ids, prompt_ids
+from freestack.ml.lm.answers import GenerationSettings
+from freestack.ml.lm.engine import Busy, Engine, StopText
+from freestack.ml.lm.prompts import eos_ids, prompt_ids
+from freestack.ml.lm.sampling import _completion
 from tests.support.generation_serving import SMOKE_PROMPTS, make_generation_version
 
 PROMPTS = [*SMOKE_PROMPTS, "Name a colour.", "Count to three.", "What is 9 - 4?", "Spell cat."]
@@ -174,7 +176,7 @@ def test_a_prompt_of_no_tokens_never_reaches_the_manager(engine, version, run):
 def test_the_librarys_log_lines_keep_their_level(engine, caplog):
     """transformers' continuous-batching logger prints to stderr by itself (a task's log shows that as
     errors): a started engine routes it through logging, where its INFO lines stay INFO."""
-    from freestack.ml.engine import LIBRARY_LOGGER
+    from freestack.ml.lm.engine import LIBRARY_LOGGER
 
     library = logging.getLogger(LIBRARY_LOGGER)
     assert library.propagate and not library.handlers

@@ -1,4 +1,4 @@
-"""freestack.ml.generation on a tiny causal LM built here (tests.support.hf_tiny): the loss is on the
+"""freestack.ml.lm on a tiny causal LM built here (tests.support.hf_tiny): the loss is on the
 assistant's tokens only, packing keeps conversations apart, generation pads on the left and stops where
 it should, and every bad conversation or prompt gets an error that says what to do."""
 
@@ -10,21 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from freestack.ml.generation import (
-    IGNORE,
-    ChatColumns,
+from freestack.ml.lm.answers import GenerationSettings
+from freestack.ml.lm.causal import load_causal_lm, token_loss
+from freestack.ml.lm.chat import IGNORE, ChatColumns, ChatError
+from freestack.ml.lm.prompts import (
     ChatEncoding,
-    ChatError,
-    GenerationSettings,
     PromptTooLong,
     answer_text,
     encode_chat,
-    generate,
-    load_causal_lm,
     load_tokenizer,
     render,
-    token_loss,
 )
+from freestack.ml.lm.sampling import generate
 from tests.support.checkpoints import MemoryCheckpoints
 
 
@@ -200,7 +197,7 @@ def test_the_token_loss_ignores_masked_labels():
 def test_a_retry_resumes_a_tied_language_model_from_its_checkpoint(base, tok):
     """Embeddings tied to the head are saved as copies (safetensors refuses shared memory) and a retried
     run resumes from the checkpoint's epoch with the same weights."""
-    from freestack.ml.generation import CausalLMNet
+    from freestack.ml.lm.causal import CausalLMNet
     from freestack.ml.loop import TrainConfig, fit
 
     enc = ChatEncoding(tok, ChatColumns(), max_length=48).encode_rows(
@@ -228,8 +225,9 @@ def test_a_tokenizer_that_knows_more_tokens_than_the_model_has_rows_is_fitted_or
     N-row model): a prompt holding it is refused naming the id and both sizes (embedding it would fail
     the batch); a grammar is built over the model's width and never allows it; training full weights
     resizes the embeddings, a LoRA adapter (which cannot add rows to its base) is refused saying what to do."""
-    from freestack.ml.constrained import GrammarProcessor, json_grammar, vocab_of
-    from freestack.ml.generation import OutOfVocabulary, fit_vocabulary, prompt_ids, token_rows
+    from freestack.ml.lm.causal import fit_vocabulary, token_rows
+    from freestack.ml.lm.constrained import GrammarProcessor, json_grammar, vocab_of
+    from freestack.ml.lm.prompts import OutOfVocabulary, prompt_ids
     from freestack.ml.pretrained import PretrainedError
 
     tok = load_tokenizer(base)

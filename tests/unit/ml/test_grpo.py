@@ -1,5 +1,5 @@
-"""GRPO (freestack.ml.grpo, train.objective: grpo): its advantages and loss as TRL's GRPOTrainer defines
-them, the rewards (freestack.ml.rewards), and a careless instruction-tuned tiny model whose exact match the
+"""GRPO (freestack.ml.lm.grpo, train.objective: grpo): its advantages and loss as TRL's GRPOTrainer defines
+them, the rewards (freestack.ml.lm.rewards), and a careless instruction-tuned tiny model whose exact match the
 exact-match reward raises."""
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from freestack.ml.generation import ChatColumns, load_tokenizer
-from freestack.ml.grpo import GrpoEncoding, GrpoSettings, _up_to_end, group_advantages, grpo_loss
-from freestack.ml.rewards import (
+from freestack.ml.lm.chat import ChatColumns
+from freestack.ml.lm.grpo import GrpoEncoding, GrpoSettings, group_advantages, grpo_loss
+from freestack.ml.lm.prompts import load_tokenizer
+from freestack.ml.lm.rewards import (
     RewardError,
     Sample,
     call_user,
@@ -23,6 +24,7 @@ from freestack.ml.rewards import (
     regex,
     user_function,
 )
+from freestack.ml.lm.rollout_sources import grpo_splits, up_to_end
 from tests.support.checkpoints import MemoryCheckpoints
 
 COLUMNS = ChatColumns(prompt="prompt", response="chosen")
@@ -221,12 +223,13 @@ def test_grpo_rewarded_by_the_judge_raises_a_careless_models_exact_match(tmp_pat
     test's); GRPO samples 4 answers a prompt, the LLM judge rewards them (``function: judge``: the stand-in
     judge on 127.0.0.1 scores 5 an answer equal to the reference, 1 another, over HTTP, each completion a
     request), and the held-out exact match rises, with the reward on validation (the run's metric)."""
-    from freestack.ml.generation import eos_ids, load_causal_lm
-    from freestack.ml.grpo import GrpoNet
+    from freestack.ml.lm.causal import load_causal_lm
+    from freestack.ml.lm.grpo import GrpoNet
+    from freestack.ml.lm.prompts import eos_ids
+    from freestack.ml.lm.rewards import RewardSet
     from freestack.ml.loop import TrainConfig, fit_source
-    from freestack.ml.rewards import RewardSet
     from freestack.ml.stream import InMemory
-    from freestack.train.pretrained import judge_reward
+    from freestack.train.objectives import judge_reward
     from tests.support.hf_tiny import tiny_causal_lm
     from tests.support.preference import careless_sft, preference_pairs
     from tests.unit.evaluate.judge_standin import StandinJudge
@@ -244,15 +247,17 @@ def test_grpo_rewarded_by_the_judge_raises_a_careless_models_exact_match(tmp_pat
     spec = _spec(judge.url)
     rewards = RewardSet((judge_reward(spec, spec.train.grpo.rewards[0], "sk-judge"),))
     settings = GrpoSettings(num_generations=4, max_completion_length=12, beta=0.0)
-    net = GrpoNet(model, grpo=settings, rewards=rewards, base={}, columns=COLUMNS, max_length=48)
+    net = GrpoNet(
+        model, grpo=settings, reward_names=tuple(rewards.names), base={}, columns=COLUMNS, max_length=48
+    )
     enc = GrpoEncoding(tok, COLUMNS, 48)
     splits = {name: enc.encode_frame(rows) for name, rows in (("train", train), ("val", held_out))}
-    sources = {
+    plain = {
         k: InMemory({n: torch.tensor(v) for n, v in e.x.items()}, torch.tensor(e.y))
         for k, e in splits.items()
     }
-    net.attach(enc, eos_ids(tok, model.generation_config.to_dict()))
-    start = net.grpo_metrics(sources["val"], torch.device("cpu"))
+    sources = grpo_splits(net, plain, enc, rewards, eos_ids(tok, model.generation_config.to_dict()))
+    start = sources["val"].scores(net, torch.device("cpu"))
     # 4 epochs: the first step's policy moves away, and the reward climbs past its start from the second
     # (0.475 -> 0.24, 0.36, 0.58, 0.61 here; the held-out exact match 0.24 -> 0.31)
     config = TrainConfig(epochs=4, learning_rate=1e-3, batch_size=16, warmup_epochs=0, device="cpu")
@@ -280,10 +285,11 @@ def test_a_killed_grpo_run_resumes_to_the_same_steps_history_and_weights(tmp_pat
     """A run killed after its first epoch's checkpoint is retried: the loop resumes from the checkpoint
     with the steps it had kept, samples the same rollouts (every epoch is seeded), and ends with the
     steps, history and weights of a run never killed."""
-    from freestack.ml.generation import eos_ids, load_causal_lm
-    from freestack.ml.grpo import GrpoNet
+    from freestack.ml.lm.causal import load_causal_lm
+    from freestack.ml.lm.grpo import GrpoNet
+    from freestack.ml.lm.prompts import eos_ids
+    from freestack.ml.lm.rewards import Reward, RewardSet
     from freestack.ml.loop import TrainConfig, fit_source
-    from freestack.ml.rewards import Reward, RewardSet
     from freestack.ml.stream import InMemory
     from tests.support.hf_tiny import tiny_causal_lm
     from tests.support.preference import preference_pairs
@@ -297,11 +303,16 @@ def test_a_killed_grpo_run_resumes_to_the_same_steps_history_and_weights(tmp_pat
 
     def run(store, kill_at=None):
         model = load_causal_lm(str(base))
-        net = GrpoNet(model, grpo=settings, rewards=rewards, base={}, columns=COLUMNS, max_length=48)
+        names = tuple(rewards.names)
+        net = GrpoNet(model, grpo=settings, reward_names=names, base={}, columns=COLUMNS, max_length=48)
         enc = GrpoEncoding(tok, COLUMNS, 48)
         e = enc.encode_frame(pairs)
-        train, val = (InMemory({n: torch.tensor(v) for n, v in e.x.items()}, torch.tensor(e.y)) for _ in "tv")
-        net.attach(enc, eos_ids(tok, model.generation_config.to_dict()))
+        plain = {
+            s: InMemory({n: torch.tensor(v) for n, v in e.x.items()}, torch.tensor(e.y))
+            for s in ("train", "val")
+        }
+        splits = grpo_splits(net, plain, enc, rewards, eos_ids(tok, model.generation_config.to_dict()))
+        train, val = splits["train"], splits["val"]
 
         def killed(row):
             if row["epoch"] == kill_at:
@@ -328,10 +339,11 @@ def test_rollouts_from_the_continuous_batching_engine(tmp_path):
     forward's; the engine is stopped when the run ends."""
     import threading
 
-    from freestack.ml.generation import eos_ids, load_causal_lm
-    from freestack.ml.grpo import GrpoNet
+    from freestack.ml.lm.causal import load_causal_lm
+    from freestack.ml.lm.grpo import GrpoNet
+    from freestack.ml.lm.prompts import eos_ids
+    from freestack.ml.lm.rewards import Reward, RewardSet
     from freestack.ml.loop import TrainConfig, fit_source
-    from freestack.ml.rewards import Reward, RewardSet
     from freestack.ml.stream import InMemory
     from tests.support.hf_tiny import tiny_causal_lm
     from tests.support.preference import careless_sft, preference_pairs
@@ -343,27 +355,37 @@ def test_rollouts_from_the_continuous_batching_engine(tmp_path):
     model.set_attn_implementation("eager")
     rewards = RewardSet((Reward("exact_match", 1.0, exact_match("chosen")),))
     enc = GrpoEncoding(tok, COLUMNS, 48)
-    train, val = (
-        InMemory({n: torch.tensor(v) for n, v in e.x.items()}, torch.tensor(e.y))
-        for e in (enc.encode_frame(pairs.iloc[:240]), enc.encode_frame(pairs.iloc[240:]))
-    )
+    raw = {
+        name: InMemory({n: torch.tensor(v) for n, v in e.x.items()}, torch.tensor(e.y))
+        for name, e in (
+            ("train", enc.encode_frame(pairs.iloc[:240])),
+            ("val", enc.encode_frame(pairs.iloc[240:])),
+        )
+    }
     settings = GrpoSettings(num_generations=4, max_completion_length=12, rollouts="continuous")
-    net = GrpoNet(model, grpo=settings, rewards=rewards, base={}, columns=COLUMNS, max_length=48)
-    net.attach(enc, eos_ids(tok, model.generation_config.to_dict()))
-    xb, _ = next(iter(val.ordered(32, torch.device("cpu"))))  # greedy: the engine's tokens are generate's
+    net = GrpoNet(
+        model, grpo=settings, reward_names=("exact_match",), base={}, columns=COLUMNS, max_length=48
+    )
+    eos = eos_ids(tok, model.generation_config.to_dict())
+    splits = grpo_splits(net, raw, enc, rewards, eos)
+    train, val = splits["train"], splits["val"]
+    xb, _ = next(
+        iter(raw["val"].ordered(32, torch.device("cpu")))
+    )  # greedy: the engine's tokens are generate's
     width = int(xb["attention_mask"].sum(dim=1).max())
     ids, mask = xb["input_ids"][:, -width:], xb["attention_mask"][:, -width:]
-    batched = net._batched(ids, mask, 0.0, 1.0)
+    engine_sampler = train.samplers["continuous"]
+    batched = engine_sampler.sample(ids, mask, 0.0, 1.0)
     pad = tok.pad_token_id
     plain = model.generate(
         input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=pad
     )
-    ends = lambda rows: zip(rows, _up_to_end(rows, net.eos).sum(dim=1), strict=True)  # noqa: E731
+    ends = lambda rows: zip(rows, up_to_end(rows, eos).sum(dim=1), strict=True)  # noqa: E731
     cut = lambda rows: [r[: int(n)].tolist() for r, n in ends(rows)]  # noqa: E731
     assert cut(batched) == cut(plain[:, width:]) and model.config._attn_implementation == "eager"
-    engine = net._rollouts[0]
+    engine = engine_sampler.running[0]
     assert engine.attention == "paged|eager" and engine.alive()
-    start = net.grpo_metrics(val, torch.device("cpu"))  # validation answers by generate, the engine idle
+    start = val.scores(net, torch.device("cpu"))  # validation answers by generate, the engine idle
 
     config = TrainConfig(epochs=3, learning_rate=1e-3, batch_size=16, warmup_epochs=0, device="cpu")
     result = fit_source(net, train, val, config, task="grpo")
@@ -372,12 +394,11 @@ def test_rollouts_from_the_continuous_batching_engine(tmp_path):
     assert last > first and len(result.steps) == 45
     # its tokens: every step's prompts, once per generation, and their sampled completions
     g = settings.num_generations  # 240 rows in batches of 16: every step's 16 prompts, g completions each
-    prompts = int(train.x["attention_mask"].sum()) * g * config.epochs
+    prompts = int(raw["train"].x["attention_mask"].sum()) * g * config.epochs
     completions = sum(s["completion_length"] for s in result.steps) * 16 * g
     assert result.tokens == pytest.approx(prompts + completions, abs=1), (result.tokens, prompts, completions)
-    assert not net._rollouts and not engine.alive() and model.config._attn_implementation == "eager"
-    net.grpo_metrics(val, torch.device("cpu"))  # the test split's answers, after the loop: no engine again
-    assert not net._rollouts
-    assert not any(
-        t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()
-    )
+    assert not engine_sampler.running and not engine.alive() and model.config._attn_implementation == "eager"
+    val.scores(net, torch.device("cpu"))  # the test split's answers, after the loop: no engine again
+    assert not engine_sampler.running
+    alive = [t.name for t in threading.enumerate() if t.is_alive() and not t.daemon]
+    assert alive == [threading.main_thread().name], alive

@@ -1,4 +1,4 @@
-"""freestack.ml.preference: DPO's loss and metrics equal TRL's DPOTrainer on the same log-probabilities,
+"""freestack.ml.lm.preference: DPO's loss and metrics equal TRL's DPOTrainer on the same log-probabilities,
 preference pairs are encoded so that only the answers count, bad pairs are refused naming the row and
 the column, and preference tuning on a checkable task (chosen the right answer, rejected a wrong one)
 raises a tiny instruction-tuned model's exact match."""
@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from freestack.ml.generation import IGNORE, ChatColumns, ChatError, load_tokenizer
-from freestack.ml.preference import PreferenceEncoding, dpo_loss, preference_loss, sequence_logps
+from freestack.ml.lm.chat import IGNORE, ChatColumns, ChatError
+from freestack.ml.lm.preference import PreferenceEncoding, dpo_loss, preference_loss, sequence_logps
+from freestack.ml.lm.prompts import load_tokenizer
 from tests.support.checkpoints import MemoryCheckpoints
 
 COLUMNS = ChatColumns(prompt="prompt", response="chosen")
@@ -130,7 +131,8 @@ def test_a_bad_pair_is_refused_naming_the_row_and_column(tok, row, match):
 
 
 def _exact_match(model, tok, rows: pd.DataFrame) -> float:
-    from freestack.ml.generation import GenerationSettings, generate
+    from freestack.ml.lm.answers import GenerationSettings
+    from freestack.ml.lm.sampling import generate
 
     chats = [COLUMNS.prompt_of(r) for r in rows.to_dict("records")]
     answers = generate(model.eval(), tok, chats, GenerationSettings(max_new_tokens=12))
@@ -165,8 +167,8 @@ def test_preference_tuning_raises_the_exact_match_of_an_instruction_tuned_model(
     """The starting point is the tiny base instruction-tuned (sft) on answers of which 30% are the wrong
     one (a careless annotator); preference tuning on pairs of the right and the wrong answer raises its
     exact match on 200 held-out prompts, and DPO's validation reward margin and accuracy with it."""
-    from freestack.ml.generation import load_causal_lm
-    from freestack.ml.preference import PreferenceNet, score_reference
+    from freestack.ml.lm.causal import load_causal_lm
+    from freestack.ml.lm.preference import PreferenceNet, score_reference
     from tests.support.hf_tiny import tiny_causal_lm
     from tests.support.preference import careless_sft, preference_pairs
 
@@ -186,7 +188,7 @@ def test_preference_tuning_raises_the_exact_match_of_an_instruction_tuned_model(
     for source in splits.values():
         score_reference(net, source, torch.device("cpu"))
     assert float(splits["val"].y.abs().sum()) > 0  # the starting model's log-probabilities
-    start = net.preference_metrics(splits["val"], torch.device("cpu"))
+    start = net.split_metrics(splits["val"], torch.device("cpu"))
     result = _fit(net, splits["train"], splits["val"], "preference", 4, lr)
     after = _exact_match(model, tok, held_out)
     print(
@@ -205,9 +207,9 @@ def test_a_retry_scores_the_same_reference_and_resumes_where_the_run_stopped(tmp
     """A run killed after its first epoch's checkpoint is retried: the fresh starting model scores the same
     reference log-probabilities, the loop resumes from the checkpoint, and the history and weights equal
     those of a run never killed."""
-    from freestack.ml.generation import load_causal_lm
+    from freestack.ml.lm.causal import load_causal_lm
+    from freestack.ml.lm.preference import PreferenceNet, score_reference
     from freestack.ml.loop import TrainConfig, fit_source
-    from freestack.ml.preference import PreferenceNet, score_reference
     from tests.support.hf_tiny import tiny_causal_lm
     from tests.support.preference import preference_pairs
 

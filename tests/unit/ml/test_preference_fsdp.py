@@ -21,9 +21,11 @@ EPOCHS, ROWS, VAL = 2, 48, 16
 def _tune(base: Path, out: Path, ranks=None) -> None:
     """DPO (beta 0.1, sft term 0.5) for :data:`EPOCHS` epochs from ``base``; the history and the final
     weights (rank 0's whole model) into ``out``."""
-    from freestack.ml.generation import ChatColumns, load_causal_lm, load_tokenizer
+    from freestack.ml.lm.causal import load_causal_lm
+    from freestack.ml.lm.chat import ChatColumns
+    from freestack.ml.lm.preference import PreferenceEncoding, PreferenceNet, score_reference
+    from freestack.ml.lm.prompts import load_tokenizer
     from freestack.ml.loop import TrainConfig, fit_source
-    from freestack.ml.preference import PreferenceEncoding, PreferenceNet, score_reference
     from freestack.ml.stream import InMemory
     from tests.support.preference import preference_pairs
 

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from freestack.judging.spec import JudgeSpec
+from freestack.keys import Keys
 from freestack.monitor import text_drift
 from freestack.monitor.core import alerts_of, judge_version
 from freestack.monitor.report import _text_section
@@ -53,7 +54,7 @@ def _answers(rng, wrong: float):
 
 
 def _signal(spec, rows, key=None, version="v1") -> dict:
-    got = text_drift.judge(spec, version, rows, judge_key=key)
+    got = text_drift.judge(spec, version, rows, keys=Keys(judge=key))
     return next(s for s in got["signals"] if s["name"] == "judge"), got
 
 

@@ -187,7 +187,7 @@ def test_the_monitor_judges_served_generations_and_keeps_the_signals(setup):
     signals, and the shifted day's alert line names the prompts."""
     from datetime import UTC, datetime, timedelta
 
-    from freestack.ml.generation import Completion
+    from freestack.ml.lm.answers import Completion
     from freestack.monitor.core import REFERENCE_FILE, monitor
     from freestack.storage import write_json
     from freestack.tracking.wandb import WandbSettings

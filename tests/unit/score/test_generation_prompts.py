@@ -11,13 +11,15 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from freestack.ml.generation import ChatColumns, GenerationSettings, prompt_ids
+from freestack.ml.lm.answers import GenerationSettings
+from freestack.ml.lm.chat import ChatColumns
+from freestack.ml.lm.prompts import prompt_ids
 from tests.support.generation_serving import SYSTEM, make_generation_version
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from freestack.score.core import ScoringModel
+    from freestack.score.model import ScoringModel
 
     work = tmp_path_factory.mktemp("score-generation")
     version = make_generation_version((work / "storage").as_uri(), "chat", "v1", work)

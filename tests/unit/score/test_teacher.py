@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from freestack.errors import ScoreError
+from freestack.keys import Keys
 from tests.dags.test_score_generation_dag import _spec
 
 KEY = "sk-teacher"
@@ -135,10 +136,10 @@ def test_a_teacher_answers_a_day_retries_and_lands_the_finished_answers(
     monkeypatch.setenv("FREESTACK_PIPELINES_DIR", str(specs))
     spec = _pipelines(root, specs, teacher)
     day = datetime(2026, 11, 2, tzinfo=UTC)
-    planned = taught.plan(spec, day, datetime(2026, 11, 3, tzinfo=UTC), KEY)
+    planned = taught.plan(spec, day, datetime(2026, 11, 3, tzinfo=UTC), Keys(teacher=KEY))
     assert [j["ds"] for j in planned["jobs"]] == [DS] and planned["version"] == "big"
 
-    manifest = taught.score(spec, planned["jobs"][0], {"run_id": "r1"}, KEY)
+    manifest = taught.score(spec, planned["jobs"][0], {"run_id": "r1"}, Keys(teacher=KEY))
     out = root / "scores" / "chat" / f"ds={DS}"
     part = pq.read_table(out / "part.parquet").to_pydict()
     assert dict(zip(part["id"], part["completion"], strict=True)) == {
@@ -171,10 +172,10 @@ def test_a_teacher_answers_a_day_retries_and_lands_the_finished_answers(
     assert '"f","What is 7 + 5?","12"' in lines
 
     # a rerun replaces the day and its landed file whole; a teacher that answers nothing publishes nothing
-    manifest = taught.score(spec, planned["jobs"][0], {"run_id": "r2"}, KEY)
+    manifest = taught.score(spec, planned["jobs"][0], {"run_id": "r2"}, Keys(teacher=KEY))
     assert manifest["requests"]["retries"] == 0 and len(landed.read_text().splitlines()) == 4
     with pytest.raises(ScoreError, match="answered none of the day's 6 rows: .*HTTP 401"):
-        taught.score(spec, planned["jobs"][0], {"run_id": "r3"}, "sk-wrong")
+        taught.score(spec, planned["jobs"][0], {"run_id": "r3"}, Keys(teacher="sk-wrong"))
     assert json.loads((out / "_manifest.json").read_text())["run"] == {"run_id": "r2"}
 
 
@@ -189,11 +190,11 @@ def test_a_teacher_that_is_down_refuses_the_key_or_lacks_the_model_fails_the_pla
     day, end = datetime(2026, 11, 2, tzinfo=UTC), datetime(2026, 11, 3, tzinfo=UTC)
     spec = _pipelines(root, specs, teacher)
     with pytest.raises(ScoreError, match="refused the key .*401.*score.teacher.api_key.conn_id"):
-        taught.plan(spec, day, end, "sk-wrong")
+        taught.plan(spec, day, end, Keys(teacher="sk-wrong"))
     with pytest.raises(ScoreError, match="score.teacher.model 'small' is not a model of .* \\(big\\)"):
-        taught.plan(_with(spec, model="small"), day, end, KEY)
+        taught.plan(_with(spec, model="small"), day, end, Keys(teacher=KEY))
     with pytest.raises(ScoreError, match="does not answer \\(APIConnectionError"):
-        taught.plan(_with(spec, url="http://127.0.0.1:9/v1"), day, end, KEY)
+        taught.plan(_with(spec, url="http://127.0.0.1:9/v1"), day, end, Keys(teacher=KEY))
     lacking = root / "prompts" / "2026-11-03"
     lacking.mkdir()
     pq.write_table(pa.table({"id": ["x"], "question": ["What is 1 + 1?"]}), lacking / "part.parquet")
@@ -201,10 +202,10 @@ def test_a_teacher_that_is_down_refuses_the_key_or_lacks_the_model_fails_the_pla
     with pytest.raises(
         ScoreError, match="part.parquet has no column\\(s\\) \\['prompt'\\]: the teacher reads"
     ):
-        taught.plan(spec, day, datetime(2026, 11, 4, tzinfo=UTC), KEY)
+        taught.plan(spec, day, datetime(2026, 11, 4, tzinfo=UTC), Keys(teacher=KEY))
     (specs / "student.yaml").unlink()
     with pytest.raises(ScoreError, match="score.teacher.land.pipeline 'student' cannot be read"):
-        taught.plan(spec, day, end, KEY)
+        taught.plan(spec, day, end, Keys(teacher=KEY))
 
 
 def test_a_teacher_block_is_checked_when_the_spec_is_read():

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 
+from freestack.kube import KubeRef
 from freestack.providers.operators import ArgumentError, FreestackDeployOperator
 from freestack.serving import manifests, seldon_deployments
 from tests.fakes.k8s_api import ProxyingKubeAPI, stored_sample
@@ -70,7 +71,7 @@ def test_the_operator_rolls_out_defers_and_smoke_tests(cluster):
     op = _operator()
     deferred = _defer(op)
     assert deferred.method_name == "execute_complete" and deferred.kwargs == {"version": "v1"}
-    stored = seldon_deployments.get(NAME, NS, CONN)
+    stored = seldon_deployments.get(KubeRef(NAME, NS, CONN))
     manifests.validate_manifest(stored, CRD)
     assert stored["metadata"]["labels"]["freestack.io/version"] == "v1"
     assert [p["name"] for p in stored["spec"]["predictors"]] == ["main"]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from freestack.errors import FreestackError
+from freestack.kube import KubeRef
 from freestack.serving import manifests, seldon_deployments
 from freestack.serving.spec import DeploySpec, KubernetesTarget
 from freestack_server.core.requestlog import SMOKE_ID
@@ -32,6 +33,7 @@ VENDORED_CRD = REPO / "include/serving/seldondeployment-crd.yaml"
 CRD = SHARED_CRD if SHARED_CRD.is_file() else VENDORED_CRD
 CONN = "seldon_fake"
 NS = "seldon"
+DIGITS = KubeRef("digits", NS, CONN)  # the SeldonDeployment most tests deploy
 
 
 def target(**kw) -> KubernetesTarget:
@@ -416,7 +418,7 @@ def kube(monkeypatch):
 def wait_available(name: str = "digits", timeout: float = 5.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        obj = seldon_deployments.get(name, NS, CONN)
+        obj = seldon_deployments.get(KubeRef(name, NS, CONN))
         state, msg = manifests.availability(obj)
         if state == "available":
             return obj
@@ -442,14 +444,14 @@ def test_apply_creates_then_replaces_with_resource_version(kube):
     assert manifests.availability(stored)[0] == "progressing"
     obj = wait_available()
     assert obj["status"]["observedGeneration"] == 2
-    assert seldon_deployments.get("digits", NS, CONN)["metadata"]["labels"]["freestack.io/version"] == "4"
+    assert seldon_deployments.get(DIGITS)["metadata"]["labels"]["freestack.io/version"] == "4"
 
     again = seldon_deployments.apply(manifest("4"), CONN)  # the same spec: no new generation
     assert again["metadata"]["generation"] == 2
-    assert seldon_deployments.get("missing", NS, CONN) is None
-    assert seldon_deployments.delete("digits", NS, CONN) is True
-    assert seldon_deployments.delete("digits", NS, CONN) is False
-    assert seldon_deployments.get("digits", NS, CONN) is None
+    assert seldon_deployments.get(KubeRef("missing", NS, CONN)) is None
+    assert seldon_deployments.delete(DIGITS) is True
+    assert seldon_deployments.delete(DIGITS) is False
+    assert seldon_deployments.get(DIGITS) is None
 
 
 def test_apply_retries_when_another_writer_wins_the_race(kube):
@@ -478,18 +480,18 @@ def test_apply_leaves_objects_freestack_does_not_manage(kube):
 def test_dry_run_stores_nothing(kube):
     seldon_deployments.apply(manifest("3"), CONN, dry_run=True)
     assert kube.calls("POST")[0]["query"] == {"dryRun": ["All"]}
-    assert seldon_deployments.get("digits", NS, CONN) is None
+    assert seldon_deployments.get(DIGITS) is None
 
 
 def test_set_traffic_promote_and_rollback(kube):
     seldon_deployments.apply(manifest("3", canary="4"), CONN)
     with pytest.raises(ValueError, match="0..100"):
-        seldon_deployments.set_traffic("digits", NS, CONN, canary_traffic=101)
+        seldon_deployments.set_traffic(DIGITS, canary_traffic=101)
     wait_available()  # the fake controller's status writes are done: `before` stays current
 
     kube.requests.clear()
-    before = seldon_deployments.get("digits", NS, CONN)
-    obj = seldon_deployments.set_traffic("digits", NS, CONN, canary_traffic=50)
+    before = seldon_deployments.get(DIGITS)
+    obj = seldon_deployments.set_traffic(DIGITS, canary_traffic=50)
     patch = kube.calls("PATCH")[0]
     assert patch["content_type"] == "application/merge-patch+json"
     assert patch["body"]["metadata"] == {"resourceVersion": before["metadata"]["resourceVersion"]}
@@ -497,11 +499,11 @@ def test_set_traffic_promote_and_rollback(kube):
     assert obj["metadata"]["generation"] == 2
     # a patch that races another writer is retried on a fresh read
     kube.before_write.append(lambda: kube.touch(NS, "digits"))
-    obj = seldon_deployments.set_traffic("digits", NS, CONN, canary_traffic=25)
+    obj = seldon_deployments.set_traffic(DIGITS, canary_traffic=25)
     assert [p["traffic"] for p in obj["spec"]["predictors"]] == [75, 25]
     assert obj["metadata"]["annotations"]["fake/touched"]  # the other writer's change survived
 
-    obj = seldon_deployments.promote_canary("digits", NS, CONN, version="4")
+    obj = seldon_deployments.promote_canary(DIGITS, version="4")
     (main,) = obj["spec"]["predictors"]
     assert (main["name"], main["traffic"], main["replicas"]) == ("main", 100, 2)
     assert env_of(main)["FREESTACK_MODEL_VERSION"] == "4"
@@ -512,24 +514,23 @@ def test_set_traffic_promote_and_rollback(kube):
     manifests.validate_manifest(obj, CRD)  # the stored object (status, uid, ...) still matches the CRD
     # a retried promote is harmless; promoting another version is refused
     assert (
-        seldon_deployments.promote_canary("digits", NS, CONN, version="4")["metadata"]["generation"]
+        seldon_deployments.promote_canary(DIGITS, version="4")["metadata"]["generation"]
         == obj["metadata"]["generation"]
     )
     with pytest.raises(seldon_deployments.DeployError, match="no 'canary' predictor to promote"):
-        seldon_deployments.promote_canary("digits", NS, CONN, version="5")
+        seldon_deployments.promote_canary(DIGITS, version="5")
     with pytest.raises(seldon_deployments.DeployError, match="no 'canary' predictor to send traffic to"):
-        seldon_deployments.set_traffic("digits", NS, CONN, canary_traffic=10)
+        seldon_deployments.set_traffic(DIGITS, canary_traffic=10)
 
     seldon_deployments.apply(manifest("4", canary="5"), CONN)
     with pytest.raises(seldon_deployments.DeployError, match="serves version '5', not '6'"):
-        seldon_deployments.promote_canary("digits", NS, CONN, version="6")
-    obj = seldon_deployments.rollback_canary("digits", NS, CONN)
+        seldon_deployments.promote_canary(DIGITS, version="6")
+    obj = seldon_deployments.rollback_canary(DIGITS)
     (main,) = obj["spec"]["predictors"]
     assert main["traffic"] == 100 and env_of(main)["FREESTACK_MODEL_VERSION"] == "4"
     assert "freestack.io/canary-version" not in obj["metadata"]["labels"]
     assert (
-        seldon_deployments.rollback_canary("digits", NS, CONN)["metadata"]["generation"]
-        == obj["metadata"]["generation"]
+        seldon_deployments.rollback_canary(DIGITS)["metadata"]["generation"] == obj["metadata"]["generation"]
     )
     assert manifests.summary(obj)["predictors"] == [
         {
@@ -542,7 +543,7 @@ def test_set_traffic_promote_and_rollback(kube):
         }
     ]
     with pytest.raises(seldon_deployments.DeployError, match="does not exist"):
-        seldon_deployments.rollback_canary("other", NS, CONN)
+        seldon_deployments.rollback_canary(KubeRef("other", NS, CONN))
 
 
 def test_crd_not_installed_says_so(kube):
@@ -555,7 +556,7 @@ def test_crd_not_installed_says_so(kube):
     )
     assert kube.url in msg and "seldon/digits" in msg and "404" in msg
     with pytest.raises(seldon_deployments.DeployError, match="CRD is not installed"):
-        seldon_deployments.get("digits", NS, CONN)  # not "absent": the type itself is missing
+        seldon_deployments.get(DIGITS)  # not "absent": the type itself is missing
 
 
 def test_rbac_namespace_and_server_side_validation_errors(kube):
@@ -578,7 +579,7 @@ def test_rbac_namespace_and_server_side_validation_errors(kube):
     assert info.value.status == 422 and not isinstance(info.value, seldon_deployments.KubernetesUnavailable)
     kube.fail_next = [503]
     with pytest.raises(seldon_deployments.KubernetesUnavailable, match="503.*retry later"):
-        seldon_deployments.get("digits", NS, CONN)
+        seldon_deployments.get(DIGITS)
 
 
 def unreachable_conn(monkeypatch) -> tuple[str, str]:
@@ -612,7 +613,7 @@ def test_unreachable_server_and_missing_connection(monkeypatch):
         seldon_deployments.KubernetesUnavailable,
         match="cannot load the Kubernetes configuration of connection 'no_such_conn'",
     ):
-        seldon_deployments.get("digits", NS, "no_such_conn")
+        seldon_deployments.get(KubeRef("digits", NS, "no_such_conn"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -703,7 +704,7 @@ def test_a_canary_that_answers_otherwise_fails_and_is_removed(rollout):
         match=r"smoke row 0 .*as the evaluated one\nThe canary \(v2\) was removed",
     ):
         roll_out(spec, "v2", uris["v2"])
-    assert [p["name"] for p in seldon_deployments.get("digits", NS, CONN)["spec"]["predictors"]] == ["main"]
+    assert [p["name"] for p in seldon_deployments.get(DIGITS)["spec"]["predictors"]] == ["main"]
     api.pods["digits-canary"] = uris["v2"]
     record = roll_out(spec, "v2", uris["v2"])
     assert (record["version"], record["canary_version"], record["state"]) == ("v1", "v2", "serving")
@@ -723,7 +724,7 @@ def test_a_version_without_test_rows_is_not_rolled_out(rollout):
     Path(uris["v2"].removeprefix("file://"), "evaluation", "smoke.json").unlink()
     with pytest.raises(seldon_deployments.DeployError, match="has no evaluation/smoke.json"):
         seldon_deployments.start_rollout(spec, "v2", uris["v2"], reason="test")
-    assert not api.calls("POST") and seldon_deployments.get("digits", NS, CONN) is None
+    assert not api.calls("POST") and seldon_deployments.get(DIGITS) is None
 
 
 def test_predictor_service_names_follow_seldon():
@@ -870,7 +871,7 @@ def test_real_cluster(monkeypatch):
     )
     manifests.validate_manifest(m, CRD)
     try:
-        seldon_deployments.get(name, namespace, "k8s_real")
+        seldon_deployments.get(KubeRef(name, namespace, "k8s_real"))
     except seldon_deployments.DeployError as exc:
         if "CRD is not installed" in str(exc):
             pytest.skip(f"Seldon Core's CRD is not installed on the cluster of {path}: {exc}")
@@ -881,9 +882,12 @@ def test_real_cluster(monkeypatch):
         )  # the API server and Seldon's webhook validate it
         stored = seldon_deployments.apply(m, "k8s_real")
         assert stored["metadata"]["generation"] >= 1
-        assert seldon_deployments.get(name, namespace, "k8s_real")["spec"]["predictors"][0]["traffic"] == 100
+        assert (
+            seldon_deployments.get(KubeRef(name, namespace, "k8s_real"))["spec"]["predictors"][0]["traffic"]
+            == 100
+        )
         replaced = seldon_deployments.apply(copy.deepcopy(m), "k8s_real")
         assert replaced["metadata"]["uid"] == stored["metadata"]["uid"]
         assert manifests.availability(replaced)[0] in ("progressing", "available", "failed")
     finally:
-        seldon_deployments.delete(name, namespace, "k8s_real")
+        seldon_deployments.delete(KubeRef(name, namespace, "k8s_real"))

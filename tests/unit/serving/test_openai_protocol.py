@@ -1,6 +1,6 @@
 """The OpenAI API's requests as typed models (freestack_server.mlserver.protocol): a request is read into
 its model, or refused with OpenAI's error shape, ``param`` naming the field as the client sent it; chat
-turns are the ML core's one parser's (freestack.ml.generation.Message)."""
+turns are the ML core's one parser's (freestack.ml.lm.chat.Message)."""
 
 from __future__ import annotations
 
@@ -136,13 +136,12 @@ def test_auto_reads_the_calls_with_the_versions_response_template():
     from transformers import PreTrainedTokenizerFast
 
     from demo.tiny_lm import RESPONSE_TEMPLATE
-    from freestack_server.mlserver.tools import ToolCalling
 
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]")))
     tok.response_template = RESPONSE_TEMPLATE  # the tool-use tutorial base's: Qwen's form
     tool = {"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}
     body = read(ChatCompletionRequest, json.dumps({"model": "m", "messages": HI, "tools": [tool]}).encode())
-    calling = ToolCalling.of(body, tok)
+    calling = body.tool_calling(tok)
     assert calling.schema() is None  # auto: free, then read
     text = 'Let me add. <tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>'
     content, calls = calling.read(text, "<|im_start|>assistant\n", tok)
@@ -151,8 +150,7 @@ def test_auto_reads_the_calls_with_the_versions_response_template():
     ]
     assert calling.read("Just text.", "<|im_start|>assistant\n", tok) == ("Just text.", [])
     with pytest.raises(OpenAIError, match="response_template"):
-        ToolCalling.of(
-            body,
+        body.tool_calling(
             PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]"))),
         )
 
@@ -192,8 +190,7 @@ def test_tool_parameters_with_defs_hold_under_every_tool_choice_and_a_bad_one_is
     import pydantic
 
     from demo.tiny_lm import _lm_tokenizer
-    from freestack.ml.constrained import json_grammar
-    from freestack_server.mlserver.tools import ToolCalling
+    from freestack.ml.lm.constrained import json_grammar
 
     class P(pydantic.BaseModel):
         x: int
@@ -211,22 +208,22 @@ def test_tool_parameters_with_defs_hold_under_every_tool_choice_and_a_bad_one_is
     tools = [openai.pydantic_function_tool(Outer), openai.pydantic_function_tool(Other)]
     assert "$defs" in tools[0]["function"]["parameters"]
     for choice in ("required", {"type": "function", "function": {"name": "Other"}}):
-        calling = ToolCalling.of(_tools_body(tools, choice), tok)
+        calling = _tools_body(tools, choice).tool_calling(tok)
         assert compiled(calling.schema()).text
-    schema = ToolCalling.of(_tools_body(tools, "required"), tok).schema()
+    schema = _tools_body(tools, "required").tool_calling(tok).schema()
     good = [{"name": "Outer", "arguments": {"p": {"x": 1}, "ps": [{"x": 2}]}}]
     jsonschema.validate(good, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate([{"name": "Outer", "arguments": {"p": {"x": "no"}, "ps": []}}], schema)
     endless = {"type": "object", "properties": {"a": {"$ref": "#"}}, "required": ["a"]}
     bad = [*tools, {"type": "function", "function": {"name": "loop", "parameters": endless}}]
-    calling = ToolCalling.of(_tools_body(bad, "required"), tok)
+    calling = _tools_body(bad, "required").tool_calling(tok)
     fields = [f for f, schema in calling.schemas() if not _compiles(compiled, schema)]
     assert fields == ["tools[2].function.parameters"]
 
 
 def _compiles(compiled, schema) -> bool:
-    from freestack.ml.constrained import GrammarError
+    from freestack.ml.lm.constrained import GrammarError
 
     try:
         compiled(schema)

@@ -20,7 +20,7 @@ def sweep_of(tmp_path, storage):
         create_sweep(spec, sweep_id, {"end_ds": "2026-11-05"}, agents=1)
         LocalAgent(spec, sweep_id, sized, ttl=30).run()
         runs.append(spec)
-        return spec.sweep.config(), [d for d, _ in load_trials(spec, sweep_id)]
+        return spec.sweep, [d for d, _ in load_trials(spec, sweep_id)]
 
     runs: list = []
     run.specs = runs
@@ -71,10 +71,18 @@ def test_optuna_methods_propose_within_bounds_and_keep_the_pareto_front(sweep_of
     )
 
 
+def _config(**block):
+    """A sweep's config on OBJECTIVES, as its spec reads it."""
+    from freestack.sweeps.spec import SweepSpec
+
+    base = {"method": "nsga2", "metrics": OBJECTIVES, "run_cap": 8, "parameters": {"learning_rate": LR}}
+    return SweepSpec.model_validate({**base, **block})
+
+
 def test_the_candidate_rule_by_weights_and_limits_no_trial_keeps():
     from freestack.sweeps import pareto
 
-    config = {"metrics": OBJECTIVES, "candidate": {"weights": {"val_accuracy": 1.0, "trainable_params": 1.0}}}
+    config = _config(candidate={"weights": {"val_accuracy": 1.0, "trainable_params": 1.0}})
     rows = [
         {"trial": "t0000", "val_accuracy": 0.90, "trainable_params": 9000},
         {"trial": "t0001", "val_accuracy": 0.85, "trainable_params": 1000},
@@ -82,18 +90,15 @@ def test_the_candidate_rule_by_weights_and_limits_no_trial_keeps():
     ]
     best, reason = pareto.choose(config, rows)  # scaled: t0001 0.833 + 0.941, t0000 1 + 0, t0002 0 + 1
     assert best["trial"] == "t0001" and "the highest weighted score 1.7745" in reason, reason
-    plain, why = pareto.choose({"metrics": OBJECTIVES}, rows)  # no rule: the best on the first objective
+    plain, why = pareto.choose(_config(), rows)  # no rule: the best on the first objective
     assert plain["trial"] == "t0000" and why.startswith("t0000: the best val_accuracy (0.9, maximize) of 3")
-    bounded = {
-        "metrics": OBJECTIVES,
-        "candidate": {"best": "val_accuracy", "limits": {"trainable_params": {"max": 800}}},
-    }
+    bounded = _config(candidate={"best": "val_accuracy", "limits": {"trainable_params": {"max": 800}}})
     best, reason = pareto.choose(bounded, rows)
     assert best["trial"] == "t0002" and "left out: t0000 (trainable_params 9000 > 800)" in reason, reason
+    assert "within trainable_params ≤ 800" in reason, reason
     with pytest.raises(ValueError, match="no trial of the front keeps candidate.limits"):
         pareto.choose(
-            {**bounded, "candidate": {"best": "val_accuracy", "limits": {"trainable_params": {"max": 10}}}},
-            rows,
+            _config(candidate={"best": "val_accuracy", "limits": {"trainable_params": {"max": 10}}}), rows
         )
 
 
@@ -138,7 +143,7 @@ def test_optuna_methods_and_several_objectives_run_on_the_local_controller():
     """W&B's sweep server runs grid, random and bayes on one metric: the create task keeps the others local."""
     from freestack.sweeps.wandb_sweep import server_can_run
 
-    base = {"run_cap": 4, "parameters": {"learning_rate": LR}}
-    assert server_can_run({**base, "method": "bayes", "metric": OBJECTIVES[0]})
-    assert not server_can_run({**base, "method": "tpe", "metric": OBJECTIVES[0]})
-    assert not server_can_run({**base, "method": "random", "metrics": OBJECTIVES})
+    one = {"metrics": None, "metric": OBJECTIVES[0]}
+    assert server_can_run(_config(method="bayes", **one))
+    assert not server_can_run(_config(method="tpe", **one))
+    assert not server_can_run(_config(method="random"))

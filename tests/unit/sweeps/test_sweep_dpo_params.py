@@ -35,7 +35,7 @@ def _spec(parameters: dict, objective: str = "dpo"):
 
 def test_a_grid_over_beta_reaches_each_trials_spec_merged_into_train_dpo():
     spec = _spec({**BETA, "learning_rate": {"values": [1e-3]}})
-    engine, config, trials, betas = sweeps_engine(), spec.sweep.config(), [], []
+    engine, config, trials, betas = sweeps_engine(), spec.sweep, [], []
     while (run := engine.next_run(engine_part(config), engine_runs(config, trials))) is not None:
         overrides = to_overrides(json_safe(run.config))
         beta = overrides["train"]["dpo"]["beta"]

@@ -54,6 +54,48 @@ def test_widest_is_the_largest_value_a_trial_can_give_a_parameter():
     assert sweep({"window_days": {"value": 5}}).widest("window_days") == 5
 
 
+def test_a_stored_config_reads_back_into_the_model_as_the_sweep_wrote_it(make_spec):
+    """sweep.json holds the block's plain W&B form (what W&B's server is handed); load_sweep reads it back
+    into the same model, the spec's own; a document an older version wrote, with keys this one does not
+    name, still reads, and a stored config is not checked again (it was when it was written)."""
+    from freestack.storage import join, write_bytes
+    from freestack.sweeps.core import SWEEP_FILE, create_sweep, load_sweep, sweep_dir
+    from freestack.sweeps.spec import SweepSpec
+
+    block = {
+        "method": "random",
+        "metric": {"name": "val_accuracy", "goal": "maximize"},
+        "run_cap": 3,
+        "early_terminate": {"type": "hyperband", "min_iter": 2, "eta": 2},
+        "parameters": {
+            "learning_rate": LR,
+            "model": {"parameters": {"hidden": {"values": [[8, 16], [32]]}, "dropout": {"value": 0.1}}},
+        },
+    }
+    spec = make_spec(block)
+    doc = create_sweep(spec, "stored", {"end_ds": "2026-11-05"}, agents=1)
+    path = join(sweep_dir(spec, "stored"), SWEEP_FILE)
+    written = json.loads(path.read_text())
+    assert written["config"] == spec.sweep.config() and written["max_trials"] == 3
+    loaded = load_sweep(spec, "stored")
+    assert loaded["config"] == spec.sweep == doc["config"] and isinstance(loaded["config"], SweepSpec)
+    assert loaded["config"].config() == written["config"]  # the same plain form back, key for key
+    assert create_sweep(spec, "stored", {"end_ds": "2026-11-05"}, agents=1)["config"] == spec.sweep  # a retry
+
+    older = json.loads(json.dumps(written))
+    older["config"]["controller_v0"] = {"type": "local"}
+    older["config"]["metric"]["summary"] = "best"
+    older["config"]["parameters"]["learning_rate"]["note"] = "log scale"
+    write_bytes(path, json.dumps(older).encode())
+    assert load_sweep(spec, "stored")["config"] == spec.sweep
+    unchecked = {**written["config"], "metric": {"name": "val_gone", "goal": "minimize"}}
+    assert SweepSpec.stored(unchecked).metric.name == "val_gone"
+    with pytest.raises(ValueError, match="val_gone"):  # a block of a spec is checked, as ever
+        SweepSpec.model_validate(unchecked)
+    with pytest.raises(ValueError, match="controller_v0"):
+        SweepSpec.model_validate(older["config"])
+
+
 @pytest.mark.parametrize(
     "sweep, expected",
     [
@@ -202,13 +244,16 @@ def test_a_trial_keeps_and_reports_the_epoch_best_on_the_sweeps_metric():
     from freestack.sweeps.config import kept_metric, trial_request
     from freestack.sweeps.core import kept_value
     from freestack.sweeps.operators import selected_note
+    from freestack.sweeps.spec import SweepSpec
 
-    config, folder = {"metric": {"name": "val_reward_accuracy", "goal": "maximize"}}, to_path("file:///tmp/t")
+    grid = {"method": "grid", "parameters": {"learning_rate": {"values": [1e-3]}}}
+    config = SweepSpec.model_validate({**grid, "metric": {"name": "val_reward_accuracy", "goal": "maximize"}})
+    folder = to_path("file:///tmp/t")
     req = trial_request({"end_ds": "2026-11-05"}, {}, folder, "s/t0001", {}, kept_metric(config))
     assert (req.keep_metric, req.keep_higher) == ("reward_accuracy", True)
     loss = trial_request({"end_ds": "2026-11-05"}, {}, folder, "s/t1", {}, ("train_loss", "minimize"))
     assert (loss.keep_metric, loss.keep_higher) == (None, None)  # not a validation metric: the trainer's
-    assert kept_metric({}) is None
+    assert kept_metric(SweepSpec.model_validate(grid)) is None
     history = [{"epoch": e, "val_reward_accuracy": a} for e, a in ((1, 0.70), (2, 0.8889), (3, 0.8586))]
     trial = {"history": history, "summary": {"best_epoch": 3}}
     assert kept_value(trial, "val_reward_accuracy", "maximize") == 0.8586  # the model it saved

@@ -7,13 +7,16 @@ FSDP."""
 
 from __future__ import annotations
 
+import copy
+import pickle
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from freestack.errors import FreestackError
-from freestack.ml.rewards import Sample
+from freestack.keys import Keys
+from freestack.ml.lm.rewards import Sample
 from tests.dags.test_preference_dag import grpo_spec
 from tests.unit.evaluate.judge_standin import RUBRIC, StandinJudge
 
@@ -43,10 +46,10 @@ def _samples() -> list[Sample]:
 
 
 def test_the_judge_scores_each_completion_against_its_reference(judge):
-    from freestack.train.pretrained import reward_set
+    from freestack.train.objectives import reward_set
 
     before = len(judge.requests)
-    rewards = reward_set(_spec(judge.url), judge_key="sk-judge")
+    rewards = reward_set(_spec(judge.url), Keys(judge="sk-judge"))
     assert rewards.names == ["judge", "exact_match"]
     assert rewards.score(_samples()) == [[1.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
     asked = judge.requests[before:]
@@ -58,7 +61,7 @@ def test_the_judge_scores_each_completion_against_its_reference(judge):
 
 
 def test_a_judge_that_answers_nothing_readable_fails_the_training_naming_it(judge):
-    from freestack.train.pretrained import reward_set
+    from freestack.train.objectives import reward_set
 
     rewards = reward_set(_spec(judge.url, model="prose"))
     with pytest.raises(
@@ -70,7 +73,7 @@ def test_a_judge_that_answers_nothing_readable_fails_the_training_naming_it(judg
 def test_a_failed_judging_counts_every_kind_of_error(judge):
     """Two requests timed out and one answered HTTP 500: the message counts both kinds, each with its
     first error, and ends with one period (openai's "Request timed out." quoted before it)."""
-    from freestack.train.pretrained import reward_set
+    from freestack.train.objectives import reward_set
 
     rewards = reward_set(_spec(judge.url, model="overloaded", timeout_s=0.5))
     with pytest.raises(FreestackError) as info:
@@ -87,13 +90,17 @@ def test_the_judge_reward_needs_a_judge_and_its_key_is_never_written_down():
 
     with pytest.raises(ValidationError, match="the judge reward asks gate.judge's endpoint"):
         _spec(None)
-    req = TrainRequest(end_ds="2026-11-03", judge_key="sk-secret")
-    assert "sk-secret" not in repr(req)
+    req = TrainRequest(end_ds="2026-11-03", keys=Keys(judge="sk-secret"))
+    assert "sk-secret" not in repr(req) and repr(req.keys) == "Keys(judge)"
+    with pytest.raises(TypeError, match="never pickled"):
+        pickle.dumps(req)
+    with pytest.raises(TypeError, match="never pickled"):
+        copy.deepcopy(req.keys)
 
 
 def test_grpo_trains_on_ddp_ranks_and_refuses_fsdp():
     from freestack.spec import PipelineSpec
-    from freestack.train.pretrained import check_grpo
+    from freestack.train.objectives import check_grpo
 
     spec = grpo_spec(Path("/tmp/base"), "ranked")
     spec["train"]["distributed"] = {"processes_per_node": 2, "threads_per_process": 1}

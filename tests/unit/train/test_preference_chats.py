@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from freestack.errors import FreestackError
-from freestack.ml.generation import IGNORE, ChatColumns, ChatEncoding, ChatError
-from freestack.ml.preference import PreferenceEncoding
+from freestack.ml.lm.chat import IGNORE, ChatColumns, ChatError
+from freestack.ml.lm.preference import PreferenceEncoding
+from freestack.ml.lm.prompts import ChatEncoding
 from freestack.spec import parse_spec
-from freestack.train.pretrained import build_causal_model, chat_encoding
+from freestack.train.objectives import build_causal_model, chat_encoding
 from tests.support.preference import OPENING, chat_pair_spec, chat_pairs, preference_pairs
 
 PROMPT = [*OPENING, {"role": "user", "content": "What is 3 + 4?"}]
@@ -82,8 +83,8 @@ def test_evaluation_answers_the_chat_so_far_and_compares_with_the_chosen_turn(ba
 
 @pytest.mark.parametrize("implicit", [False, True], ids=["messages", "whole-chats"])
 def test_a_few_dpo_steps_on_chat_pairs_run_through_the_loop(base, implicit):
+    from freestack.ml.lm.preference import PreferenceNet, score_reference
     from freestack.ml.loop import TrainConfig, fit_source
-    from freestack.ml.preference import PreferenceNet, score_reference
     from freestack.ml.stream import InMemory
 
     spec = parse_spec(chat_pair_spec(str(base), implicit=implicit), "chat_prefs.yaml")

@@ -8,10 +8,10 @@ import copy
 import pytest
 
 from freestack.errors import FreestackError, SpecError
-from freestack.ml.preference import METRICS as PREFERENCE_METRICS
+from freestack.ml.lm.preference import METRICS as PREFERENCE_METRICS
 from freestack.spec import parse_spec
 from freestack.sweeps.spec import EPOCH_METRICS
-from freestack.train.pretrained import check_objective, objective_lineage
+from freestack.train.objectives import check_objective, objective_lineage
 
 SPEC = {
     "name": "prefs",

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from freestack.errors import FreestackError
+from freestack.kube import KubeRef
 from freestack.spec import load_spec
 from freestack.storage import join, to_path, write_bytes
 from freestack.tracking.wandb import WandbSettings
@@ -514,6 +515,35 @@ def test_the_job_trigger_serializes_round_trip_with_an_absolute_deadline():
     )
     assert kwargs["deadline"] == pytest.approx(time.time() + pytorchjobs.MAX_WAIT_SECONDS, abs=5)
     assert kwargs["conn_id"] == pytorchjobs.DEFAULT_CONN_ID
+    assert again.ref == KubeRef("digits-x", NS, pytorchjobs.DEFAULT_CONN_ID)
+
+
+def test_the_job_trigger_serializes_its_ref_as_the_plain_kwargs_earlier_versions_wrote():
+    import importlib
+    import json
+
+    from freestack.train.triggers import PyTorchJobFinishedTrigger
+
+    ref = KubeRef("digits-x", NS, CONN)
+    assert ref.describe("PyTorchJob") == f"PyTorchJob {NS}/digits-x" and ref.describe() == f"{NS}/digits-x"
+    with pytest.raises(AttributeError):  # immutable
+        ref.namespace = "elsewhere"  # type: ignore[misc]
+    path, kwargs = PyTorchJobFinishedTrigger.for_ref(ref, timeout_seconds=60.0).serialize()
+    assert {k: kwargs[k] for k in ("name", "namespace", "conn_id")} == ref.plain()
+    assert json.loads(json.dumps(kwargs)) == kwargs  # plain values only
+    # what a task deferred by an earlier version left in the triggerer's table still resumes
+    earlier = {
+        "name": "digits-x",
+        "namespace": NS,
+        "conn_id": CONN,
+        "timeout_seconds": 60.0,
+        "poll_seconds": 10.0,
+        "deadline": 1.0,
+    }
+    module, cls = path.rsplit(".", 1)
+    again = getattr(importlib.import_module(module), cls)(**earlier)
+    assert again.ref == ref and again.deadline == 1.0
+    assert again.serialize() == (path, earlier)
 
 
 def test_the_job_trigger_sees_a_job_succeed_through_api_hiccups(kube, run):
@@ -550,7 +580,7 @@ def test_the_job_trigger_reports_a_job_deleted_meanwhile(kube, run):
     spec, _, req, _ = run
     kube.ready_after = None
     name = submitted(spec, req)
-    threading.Timer(0.1, pytorchjobs.delete_job, (name, NS, CONN)).start()
+    threading.Timer(0.1, pytorchjobs.delete_job, (KubeRef(name, NS, CONN),)).start()
     event = run_trigger(job_trigger(name))
     assert event["status"] == "failed" and "was deleted on http://127.0.0.1:" in event["message"]
 
@@ -656,7 +686,7 @@ def test_the_train_task_defers_to_the_trigger_and_resumes_with_the_outcome(defer
         op.execute(context)
     trigger, name = deferred.value.trigger, kube_job.job_name("digits", RUN_KEY)
     assert isinstance(trigger, PyTorchJobFinishedTrigger) and deferred.value.method_name == "execute_complete"
-    assert (trigger.name, trigger.namespace, trigger.conn_id) == (name, NS, CONN)
+    assert trigger.ref == KubeRef(name, NS, CONN)
     assert trigger.timeout_seconds == pytorchjobs.MAX_WAIT_SECONDS
     assert deferred.value.timeout > timedelta(
         seconds=pytorchjobs.MAX_WAIT_SECONDS
@@ -692,7 +722,7 @@ def test_the_resumed_train_task_retries_a_failed_job_and_fails_on_an_error(
     kube.ready_after = None
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(context)
-    name = deferred.value.trigger.name
+    name = deferred.value.trigger.ref.name
     event = {"status": status, "message": f"it ended {status}", "name": name, "namespace": NS}
     with pytest.raises(AirflowFailException if fails_at_once else RuntimeError, match=f"it ended {status}"):
         op.execute_complete(context, event)

@@ -26,7 +26,8 @@ def _spec(root: str, base: str, **model):
 
 
 def test_a_lora_version_is_the_base_merged_and_answers_as_the_version(tmp_path):
-    from freestack.ml.generation import load_causal_lm, load_tokenizer
+    from freestack.ml.lm.causal import load_causal_lm
+    from freestack.ml.lm.prompts import load_tokenizer
     from freestack.registry.core import ModelRegistry
     from freestack.train.pretrained import pretrained_base
     from tests.support.generation_serving import GenerationVersion

@@ -79,7 +79,8 @@ def _evaluate_answers(folder: Path, inputs: dict[str, Any], max_new_tokens: int)
     import torch
 
     from freestack import version
-    from freestack.ml.generation import GenerationSettings, generate
+    from freestack.ml.lm.answers import GenerationSettings
+    from freestack.ml.lm.sampling import generate
     from freestack.ml.loop import to_tensors
 
     loaded = version.open(folder.as_uri()).load()  # what evaluate loads a candidate and its champion with
@@ -109,7 +110,7 @@ def _server_answers(folder: Path, inputs: dict[str, Any], max_new_tokens: int) -
             gen, texts = served.generator, []
             for p in inputs["prompts"]:
                 chat, text = gen.chat(p, "prompt", messages=False)
-                prompts = gen.prompts([chat], [text], {"max_new_tokens": max_new_tokens})
+                prompts = gen.prompts([chat], [text], gen.settings({"max_new_tokens": max_new_tokens}))
                 texts += [
                     answered(gen.lm, gen.tokenizer, chat, a.completion.text)
                     for a in served.generate(prompts).answers
@@ -129,7 +130,7 @@ def _score_answers(folder: Path, inputs: dict[str, Any]) -> list:
     that predicts rows; score does not generate text)."""
     import pyarrow as pa
 
-    from freestack.score.core import ScoringModel
+    from freestack.score.model import ScoringModel
 
     version = ScoringModel(folder.as_uri(), device="cpu")
     encoded, kept, refused = version.encode(pa.RecordBatch.from_pandas(frame_of(folder, inputs)))

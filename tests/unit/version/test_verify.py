@@ -43,13 +43,13 @@ def alter_one_byte(path: Path, at: int = -1) -> None:
 
 
 def _score(uri: str) -> None:
-    from freestack.score.core import ScoringModel
+    from freestack.score.model import ScoringModel
 
     ScoringModel(uri, "cpu")
 
 
 def _evaluate(uri: str) -> None:
-    from freestack.evaluate.core import load_version
+    from freestack.evaluate.measure import load_version
 
     load_version(uri)
 
@@ -97,7 +97,7 @@ def test_one_changed_byte_is_refused_naming_the_file(registered, reader, name, c
             READERS[reader](uri)
         said = str(raised.value)
         if reader == "evaluate":  # its task fails without a retry (AirflowFailException): none would mend it
-            from freestack.evaluate.core import EvaluationError
+            from freestack.errors import EvaluationError
 
             assert isinstance(raised.value, EvaluationError), type(raised.value)
     assert f"{name} does not match what was registered" in said, said

@@ -17,7 +17,7 @@ from freestack.storage import join, storage_root, subfolders
 from freestack.sweeps import pareto
 from freestack.sweeps.core import SweepError, kept_value, sweep_dir
 from freestack.sweeps.report import sweep_metric
-from freestack.sweeps.spec import Distribution, leaf_parameters, objectives
+from freestack.sweeps.spec import Distribution, SweepSpec, objectives
 from freestack.sweeps.values import objective_value
 from freestack.ui.catalog.common import parallel, read_json, read_many
 
@@ -150,7 +150,7 @@ def sweep_page(pipeline: str, spec: PipelineSpec, sweep_id: str) -> SweepPage:
     rels = [f"trials/{n}/trial.json" for n in subfolders(join(folder, "trials")) if n.startswith(("t", "w-"))]
     got = read_many(folder, rels)
     docs = [got[r] for r in rels if got.get(r)]
-    config = doc.get("config") or {}
+    config = SweepSpec.stored(doc["config"])
     if row.metric is None or row.goal is None:
         task = next((d["summary"].get("task") for d in docs if (d.get("summary") or {}).get("task")), None)
         row.metric, row.goal = sweep_metric(config, task)
@@ -178,9 +178,7 @@ def sweep_page(pipeline: str, spec: PipelineSpec, sweep_id: str) -> SweepPage:
     )
 
 
-def _front(
-    config: dict[str, Any], several: list[tuple[str, str]], docs: list[dict[str, Any]]
-) -> dict[str, Any]:
+def _front(config: SweepSpec, several: list[tuple[str, str]], docs: list[dict[str, Any]]) -> dict[str, Any]:
     """A sweep on several objectives: them and the trials on their Pareto front."""
     if len(several) < 2:
         return {}
@@ -220,16 +218,14 @@ STALE_SECONDS = 300.0
 MIN_IMPORTANCE_TRIALS = 5
 
 
-def distributions(config: dict[str, Any]) -> dict[str, str]:
+def distributions(config: SweepSpec) -> dict[str, str]:
     """Each searched parameter's distribution, by its name in the trials' params (``model.dropout``), as W&B
     infers it: ``values`` -> categorical, ``value`` -> constant, bare min/max -> (int_)uniform."""
     out = {}
-    for name, p in leaf_parameters(config.get("parameters") or {}).items():
-        if not isinstance(p, dict):
-            continue
-        ints = isinstance(p.get("min"), int) and isinstance(p.get("max"), int)
-        listed = "categorical" if "values" in p else "constant" if "value" in p else None
-        out[name] = p.get("distribution") or listed or ("int_uniform" if ints else "uniform")
+    for name, p in config.leaves().items():
+        ints = isinstance(p.min, int) and isinstance(p.max, int)
+        listed = "categorical" if p.values is not None else "constant" if p.value is not None else None
+        out[name] = p.distribution or listed or ("int_uniform" if ints else "uniform")
     return out
 
 

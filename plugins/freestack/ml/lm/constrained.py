@@ -8,7 +8,7 @@ schema in milliseconds and builds its token table from the fast tokenizer every 
 
 transformers' continuous-batching manager takes per-request temperature, top-k and top-p only, not a
 per-request processor: a constrained request is answered by the library's ``generate`` with
-:class:`GrammarProcessor` beside the running batch (:class:`freestack.ml.engine.GenerateJob`). No Airflow
+:class:`GrammarProcessor` beside the running batch (:class:`freestack.ml.lm.engine.GenerateJob`). No Airflow
 here.
 """
 

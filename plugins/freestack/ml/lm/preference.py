@@ -4,7 +4,7 @@ freestack's loop, with TRL's loss and metrics.
 A lake row is a preference pair: a prompt and two answers to it, the ``chosen`` one (preferred, and the
 response evaluation compares answers with) and the ``rejected`` one; the prompt is a column of text, a
 chat so far, or implicit in two whole chats (TRL's preference formats). :class:`PreferenceEncoding`
-renders both as conversations with the chat template (:func:`~freestack.ml.generation.encode_chat`, so
+renders both as conversations with the chat template (:func:`~freestack.ml.lm.prompts.encode_chat`, so
 only the answer's tokens count, as TRL's completion mask: not a chat's earlier assistant turns) into
 ``x = {"input_ids", "attention_mask", "labels"}`` of shape ``[rows, 2, L]`` (chosen, rejected). The target
 ``y`` is ``[rows, 2]``: the reference model's summed log-probabilities of the two answers, computed once
@@ -19,7 +19,7 @@ so no second model is held in memory, for LoRA and full weights alike.
 The validation metrics are TRL's: ``reward_chosen`` (``rewards/chosen``: beta x the chosen log-ratio),
 ``reward_rejected``, ``reward_margin`` (their difference; the run's metric, higher is better),
 ``reward_accuracy`` (the share of pairs whose chosen reward is higher) and ``logps_chosen/rejected``.
-The version is a plain text-generation version (:class:`~freestack.ml.generation.CausalLMNet`'s files).
+The version is a plain text-generation version (:class:`~freestack.ml.lm.causal.CausalLMNet`'s files).
 """
 
 from __future__ import annotations
@@ -32,15 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from freestack.ml.generation import (
-    IGNORE,
-    CausalLMNet,
-    ChatColumns,
-    ChatEncoding,
-    ChatError,
-    Encoded,
-    encode_chat,
-)
+from freestack.ml.lm.causal import CausalLMNet
+from freestack.ml.lm.chat import IGNORE, ChatColumns, ChatError
+from freestack.ml.lm.prompts import ChatEncoding, Encoded, encode_chat
 from freestack.ml.loop import Precision
 
 #: the loop's task of a preference-tuned model (its metrics: :data:`METRICS`)
@@ -108,7 +102,7 @@ class PreferenceEncoding(ChatEncoding):
     formats): text after a ``prompt`` column; the final assistant turn after a ``messages`` column (the
     chat so far); or, when ``columns.messages`` is the chosen column, a whole chat sharing every turn
     but the last with the chosen one (an implicit prompt). Both conversations are read by
-    :meth:`~freestack.ml.generation.ChatColumns.conversation`, as instruction tuning reads its rows. It
+    :meth:`~freestack.ml.lm.chat.ChatColumns.conversation`, as instruction tuning reads its rows. It
     saves as the chat encoding of prompt and chosen answer, which is what evaluation and serving read."""
 
     rejected: str = "rejected"
@@ -243,7 +237,7 @@ class PreferenceNet(CausalLMNet):
         return preference_loss(outputs, reference, self.beta, self.sft_weight)
 
     @torch.no_grad()
-    def preference_metrics(self, source, device: torch.device, amp_dtype=None, batch: int = 32):
+    def split_metrics(self, source, device: torch.device, amp_dtype=None, batch: int = 32):
         """TRL's DPO metrics over a split (:data:`METRICS`), means over its pairs."""
         self.eval()
         sums = dict.fromkeys(METRICS, 0.0)

@@ -35,7 +35,7 @@ this module adds around the library is what a server needs and the manager does 
   machine's); requests past it wait in the manager's queue.
 
 :meth:`Engine.stream` gives a request's text as it is generated; :meth:`Engine.complete`, the whole
-answer (a :class:`freestack.ml.generation.Completion`). Each call runs on the caller's event loop (one
+answer (a :class:`freestack.ml.lm.answers.Completion`). Each call runs on the caller's event loop (one
 loop for the engine's life); the manager's thread runs the model.
 """
 
@@ -53,8 +53,9 @@ from dataclasses import dataclass
 
 import torch
 
-from freestack.ml.constrained import Grammar, GrammarProcessor, json_grammar, vocab_of
-from freestack.ml.generation import Completion, GenerationSettings, Logprobs, TokenLogprob, generate_ids
+from freestack.ml.lm.answers import Completion, GenerationSettings, TokenLogprob
+from freestack.ml.lm.constrained import Grammar, GrammarProcessor, json_grammar, vocab_of
+from freestack.ml.lm.sampling import Logprobs, generate_ids
 
 log = logging.getLogger("freestack.serving")
 
@@ -317,7 +318,7 @@ class Engine:
         logprobs: int | None = None,
         arrived: float | None = None,
     ) -> AsyncIterator[Piece]:
-        """The answer to one prompt's token ids (``settings``: :class:`freestack.ml.generation.
+        """The answer to one prompt's token ids (``settings``: :class:`freestack.ml.lm.
         GenerationSettings`) as it is generated; the last piece says why it ended. A caller that stops
         iterating (a client that left) cancels the request. ``live`` false: the manager hands over the
         whole answer only (stop strings still need every token). ``admitted``: its slot is held already.
@@ -403,7 +404,7 @@ class Engine:
 
     def grammar(self, schema: dict | None) -> Grammar:
         """The grammar of a JSON ``schema`` (None: any JSON object) for this model's tokenizer;
-        :class:`freestack.ml.constrained.GrammarError` saying why a schema cannot be followed."""
+        :class:`freestack.ml.lm.constrained.GrammarError` saying why a schema cannot be followed."""
         return json_grammar(schema, self.tokenizer, vocab_of(self.model), self.eos)
 
     async def _turn(self, adapter: str | None) -> None:
@@ -455,7 +456,7 @@ class Engine:
         logprobs: int | None = None,
         arrived: float | None = None,
     ) -> Completion:
-        """One prompt's whole answer, as :func:`freestack.ml.generation.generate` gives it."""
+        """One prompt's whole answer, as :func:`freestack.ml.lm.sampling.generate` gives it."""
         parts, kept, last = [], [], None
         asked = {"adapter": adapter, "grammar": grammar, "logprobs": logprobs, "arrived": arrived}
         answer = self.stream(ids, settings, live=False, admitted=admitted, **asked)
@@ -575,10 +576,10 @@ class _Output:
 
 class GenerateJob:
     """A request the running batch cannot answer as asked (:func:`needs_apart`), answered by transformers'
-    ``generate`` (a request's prompts in one padded batch, :func:`freestack.ml.generation.generate_ids`)
+    ``generate`` (a request's prompts in one padded batch, :func:`freestack.ml.lm.sampling.generate_ids`)
     on a worker thread, with the manager's loop paused meanwhile (``manager.pause()``, the library's way
     to let another thread use the model: the batch resumes where it was); with a :class:`freestack.ml.
-    constrained.GrammarProcessor` for a grammar, :class:`freestack.ml.generation.Logprobs` for
+    constrained.GrammarProcessor` for a grammar, :class:`freestack.ml.lm.sampling.Logprobs` for
     log-probabilities. Jobs run one at a time, so a seed's sampling is not shared with another job. The
     request's adapter is held active by its turn (:meth:`Engine._turn`)."""
 
@@ -597,7 +598,7 @@ class GenerateJob:
     def answers(
         self, prompts: list[tuple[list[int], bool]], settings: GenerationSettings, **extra: object
     ) -> list[Completion]:
-        """Every prompt's :class:`freestack.ml.generation.Completion` (blocking: run it on a worker thread)."""
+        """Every prompt's :class:`freestack.ml.lm.answers.Completion` (blocking: run it on a worker thread)."""
         e, rows = self.engine, len(prompts)
         width = max(len(ids) for ids, _ in prompts)
         grammar = (
