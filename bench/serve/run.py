@@ -434,7 +434,7 @@ def _image_server(
 
 def _local_server(workdir: Path, uri: str) -> Server:
     """The local deploy's launch of the same program: its variables in an env file (``--env-file``)."""
-    from freestack.serving.local import Slot, server_config
+    from freestack.serving.launch import Slot, server_config
     from freestack.serving.spec import LocalTarget
     from freestack_server.core.config import write_env_file
 

@@ -16,7 +16,8 @@ import psutil
 import pytest
 
 from freestack.errors import DeployError
-from freestack.serving.local import deploy_local, describe, serving_dir, stop_local
+from freestack.serving.launch import serving_dir
+from freestack.serving.local import deploy_local, describe, stop_local
 from freestack.serving.processes import (
     free_port_block,
     is_holder,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from freestack.serving.local import Slot, server_config, start_server
+from freestack.serving.launch import Slot, server_config, start_server
 from freestack.serving.spec import LocalTarget
 from tests.support.ports import free_ports
 from tests.support.serving import in_process, make_version, needs_serving_env

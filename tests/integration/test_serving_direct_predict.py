@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from freestack.serving.local import serving_python
+from freestack.serving.launch import serving_python
 from tests.support.serving import make_version, needs_serving_env
 
 ROOT = Path(__file__).resolve().parents[2]

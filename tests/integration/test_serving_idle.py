@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from freestack.serving.local import LocalServer, Slot, server_config, start_server
+from freestack.serving.launch import LocalServer, Slot, server_config, start_server
 from freestack.serving.spec import LocalTarget
-from freestack_server.seldon.request_checks import Frame, Refused, request_end
+from freestack_server.seldon.framing import Frame, Refused, request_end
 from tests.integration.test_serving_oip import PYTHON as MLSERVER_PYTHON
 from tests.integration.test_serving_oip import start as start_mlserver
 from tests.support.ports import free_ports

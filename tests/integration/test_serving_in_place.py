@@ -10,7 +10,8 @@ import httpx
 import openai
 import pytest
 
-from freestack.serving.local import deploy_local, serving_dir, stop_local
+from freestack.serving.launch import serving_dir
+from freestack.serving.local import deploy_local, stop_local
 from freestack.serving.processes import free_port_block, serving_processes
 from freestack.serving.records import Deployments
 from freestack.serving.spec import DeploySpec

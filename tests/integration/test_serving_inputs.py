@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from freestack.registry.core import ModelRegistry
-from freestack.serving.local import LocalServer, Slot, server_config, start_server
+from freestack.serving.launch import LocalServer, Slot, server_config, start_server
 from freestack.serving.smoke import http_json
 from freestack.serving.spec import LocalTarget
 from tests.integration.test_serving_mixed import train_version

@@ -19,7 +19,8 @@ import pytest
 
 from freestack.cli import main
 from freestack.errors import DeployError
-from freestack.serving.local import deploy_local, describe, serving_dir, stop_local
+from freestack.serving.launch import serving_dir
+from freestack.serving.local import deploy_local, describe, stop_local
 from freestack.serving.processes import free_port_block, stop_serving_processes
 from freestack.serving.records import Deployments
 from freestack.serving.spec import LocalTarget

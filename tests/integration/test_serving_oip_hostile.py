@@ -15,7 +15,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from freestack.serving.local import health_url
+from freestack.serving.launch import health_url
 from tests.integration.test_serving_mixed import b64, train_version
 from tests.integration.test_serving_mixed import in_process as mixed_in_process
 from tests.integration.test_serving_oip import MAX_BODY, PYTHON, post, start

@@ -16,7 +16,8 @@ import pytest
 
 from freestack.cli import main
 from freestack.hooks.credentials import server_api_key
-from freestack.serving.local import API_KEY_VARIABLE, deploy_local, describe, serving_dir, stop_local
+from freestack.serving.launch import API_KEY_VARIABLE, serving_dir
+from freestack.serving.local import deploy_local, describe, stop_local
 from freestack.serving.processes import free_port_block, serving_processes
 from freestack.serving.records import Deployments
 from freestack.serving.spec import DeploySpec

@@ -151,7 +151,7 @@ def logs(
     ] = False,
 ) -> int:
     """A local server's log."""
-    from freestack.serving.local import log_tail
+    from freestack.serving.launch import log_tail
 
     rec = _find(ctx, name, model)
     path = rec.get("log")

@@ -181,7 +181,7 @@ def down(grace: float = 30.0) -> int:
     parent was killed: orphaned executor workers, unsupervised tasks) and the local model servers.
     SIGTERM first, SIGKILL to what still runs after ``grace`` seconds; prints each process and how it
     ended."""
-    from freestack.serving.local import serving_dir
+    from freestack.serving.launch import serving_dir
 
     if not grace >= 0:
         print(f"error: the grace period must be 0 or more seconds, not {grace}", file=sys.stderr)

@@ -48,19 +48,14 @@ ACLs (team members allowed to write) and ``HEAD ...?access=write`` (may I write 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import os
-import re
 import threading
-import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 import anyio
 from fastapi import FastAPI
@@ -71,43 +66,37 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from freestack.dataapi.keys import KeyStore
 from freestack.dataapi.listing import DirectoryIndex, modified_at
 from freestack.dataapi.listing import page as listing_page
+from freestack.dataapi.requests import (
+    ApiError,
+    check_escapes,
+    if_match_header,
+    listing_marker,
+    parse_data_path,
+    parse_range,
+    read_json_body,
+    read_marker,
+    request_key,
+)
 from freestack.dataapi.temporaries import Journal, Sweeper
 from freestack.dataapi.versions import Versions, VersionStore
 from freestack.errors import AccessDenied, FreestackError, StorageFull, UnsafePathError
 from freestack.settings import settings
-from freestack.storage.acl import READ, USER_RE, WRITE, Acl, AclError
+from freestack.storage.acl import READ, WRITE, Acl, AclError
 from freestack.storage.connection import embedded_default, store_config
 from freestack.storage.datafs import DataFileSystem, _Target
 from freestack.storage.objects import AtomicWriter
-from freestack.storage.paths import check_relative
 from freestack.storage.schemes import to_path
 
 log = logging.getLogger("freestack.dataapi")
 
 CHUNK = 1024 * 1024  # upload bytes handed to the storage thread at a time
 READ_CHUNK = 4 * 1024 * 1024  # download bytes read (in a thread) and sent at a time
-MAX_JSON_BODY = 64 * 1024
 MAX_HEADER_BYTES = 16 * 1024  # request line + all headers
 MAX_HEADER_VALUE = 8 * 1024
-MAX_NAME_BYTES = 255
-MAX_DEPTH = 64  # path segments, owner and collection included
-MAX_PATH_BYTES = 1024  # a data path in UTF-8 (S3's limit for a key)
-MAX_JSON_DEPTH = 32  # nesting of a request's JSON body
-MAX_MARKER = 4096  # a listing marker's length (those handed out stay under 2,200)
 DEFAULT_PAGE_SIZE = 1000
 #: the answers to a write If-None-Match: * refuses (412), and to an upload whose body ended early (400)
 EXISTS = "{} already exists (If-None-Match: * asks to create it only if absent)"
 INCOMPLETE = "upload of {} incomplete: {} of {} bytes arrived; nothing was written"
-
-
-class ApiError(Exception):
-    """An answer other than success: HTTP status, message, extra headers."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -240,23 +229,6 @@ class _Service:
 # helpers
 
 
-def _api_key(request: Request) -> str | None:
-    raw = request.headers.get("authorization")
-    if raw is None:
-        return None
-    raw = raw.strip()
-    scheme, _, rest = raw.partition(" ")
-    if rest and scheme.lower() in ("simple", "bearer"):
-        return rest.strip()
-    if not rest and raw:
-        return raw
-    raise ApiError(
-        401,
-        "the Authorization header must be 'Simple <key>' (or the bare key); "
-        "create a key with `freestack keys create <user>`",
-    )
-
-
 def _authenticate(svc: _Service, key: str | None) -> str | None:
     """The user of ``key`` (None: no key); ApiError 401 for a key that is unknown or revoked."""
     if key is None:
@@ -272,136 +244,10 @@ def _authenticate(svc: _Service, key: str | None) -> str | None:
 
 
 async def _caller(request: Request, svc: _Service) -> str | None:
-    key = _api_key(request)
+    key = request_key(request)
     if key is None:
         return None
     return await _run(_authenticate, svc, key)
-
-
-def parse_data_path(raw: str) -> str:
-    """The request's data path, normalised (Unicode NFC, no empty segments); ApiError 400 if it could escape,
-    is too deep or too long, or holds a name that is malformed or would display as something else."""
-    raw = unicodedata.normalize("NFC", raw)  # one name, one file, however the client composed it
-    try:
-        rel = check_relative(raw, what="data path")
-    except UnsafePathError as exc:
-        raise ApiError(400, str(exc)) from None
-    parts = rel.split("/") if rel else []
-    if len(parts) > MAX_DEPTH:
-        raise ApiError(
-            400,
-            f"data path {_short(raw)!r} is {len(parts)} levels deep; the limit is {MAX_DEPTH} levels "
-            "(owner and collection included): use a flatter layout",
-        )
-    if len(rel.encode("utf-8")) > MAX_PATH_BYTES:
-        raise ApiError(
-            400,
-            f"data path {_short(raw)!r} is {len(rel.encode('utf-8'))} bytes long (UTF-8); the limit is "
-            f"{MAX_PATH_BYTES} bytes: use shorter names or a flatter layout",
-        )
-    for i, seg in enumerate(parts):
-        if i == 0 and seg == ".my":
-            continue
-        if seg.startswith("."):
-            raise ApiError(
-                400,
-                f"data path {raw!r}: {seg!r} starts with '.', which is reserved (hidden temporaries and ACL "
-                "documents); rename it without the leading dot",
-            )
-        if len(seg.encode("utf-8")) > MAX_NAME_BYTES:
-            raise ApiError(400, f"data path {_short(raw)!r}: a name is longer than {MAX_NAME_BYTES} bytes")
-        problem = name_problem(seg)
-        if problem:
-            raise ApiError(400, f"data path {raw!r}: the name {seg!r} {problem}; choose a name without it")
-    if parts and parts[0] != ".my" and not USER_RE.match(parts[0]):
-        raise ApiError(
-            400,
-            f"data path {raw!r}: {parts[0]!r} is not a user name; paths are <owner>/<collection>/<name> "
-            "(or .my/<collection>/<name>)",
-        )
-    return rel
-
-
-#: characters that make a name display differently from what it is, by what they are
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-_ZERO_WIDTH = frozenset("\u200b\u200c\u200d\u2060\ufeff\u180e")
-_CATEGORY = {
-    "Cc": "a control character",
-    "Cf": "an invisible formatting character",
-    "Zl": "a line or paragraph separator",
-    "Zp": "a line or paragraph separator",
-    "Cs": "a lone surrogate (not a character)",
-}
-
-
-def name_problem(name: str) -> str | None:
-    """What is wrong with one name (a path segment), as the end of a sentence; None if nothing is."""
-    if name.isascii() and name.isprintable() and not name.isspace():
-        return None
-    if name.isspace():
-        return "is only spaces, which no listing shows legibly"
-    for ch in name:
-        if ch in _BIDI:
-            kind = "a bidirectional-text control character, which reorders how the name is displayed"
-        elif ch in _ZERO_WIDTH:
-            kind = "a zero-width (invisible) character"
-        else:
-            kind = _CATEGORY.get(unicodedata.category(ch))
-            if kind is None:
-                continue
-        label = unicodedata.name(ch, "")
-        return f"contains {kind} (U+{ord(ch):04X}{' ' + label if label else ''})"
-    return None
-
-
-#: escapes that no name may hold: the server decodes ``%2F`` into the ``/`` that separates names (``a%2Fb.txt``
-#: would write ``a/b.txt``, ``%2Fevil`` ``evil``); ``%5C`` is a backslash, ``%00`` a NUL
-_ENCODED_SEPARATOR = re.compile(rb"%(?:2f|5c|00)", re.IGNORECASE)
-_MEANS = {b"2f": "'/'", b"5c": "backslash", b"00": "NUL byte"}
-
-
-def _check_escapes(request: Request) -> None:
-    """400 if the raw request path (as sent, before the server decoded it) holds an encoded separator, at
-    any level of encoding (``%252F`` is ``%2F`` once decoded), or is not valid UTF-8 once decoded."""
-    raw = request.scope.get("raw_path") or b""
-    if b"%" not in raw:
-        return
-    level = raw
-    for _ in range(5):  # as freestack.storage.paths.check_relative decodes
-        found = _ENCODED_SEPARATOR.search(level)
-        if found:
-            what = _MEANS[found.group()[1:].lower()]
-            sent = _short(raw.decode("ascii", "backslashreplace"))
-            raise ApiError(
-                400,
-                f"the request path {sent!r} holds {found.group().decode()!r}, an encoded {what}: percent-encoded "
-                "separators are refused, because decoded they would split or end a name (a%2Fb.txt would "
-                "name a/b.txt). Nothing was read or written. Send '/' unencoded between names, and choose "
-                "names without '/', backslashes or NUL",
-            )
-        decoded = unquote_to_bytes(level)
-        if decoded == level:
-            break
-        level = decoded
-    _check_utf8(raw)
-
-
-def _check_utf8(raw: bytes) -> None:
-    """400 unless the raw request path, its %XX escapes decoded, is valid UTF-8 (the server would otherwise
-    turn every invalid sequence into U+FFFD, and different names into one)."""
-    try:
-        unquote_to_bytes(raw).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        bad = unquote_to_bytes(raw)[exc.start : exc.end]
-        raise ApiError(
-            400,
-            f"the request path is not valid UTF-8 once its %XX escapes are decoded (bytes {bad.hex(' ')}); "
-            "names are UTF-8 text: percent-encode each byte of a name's UTF-8 form",
-        ) from None
-
-
-def _short(text: str, limit: int = 120) -> str:
-    return text if len(text) <= limit else f"{text[: limit // 2]}...{text[-limit // 2 :]}"
 
 
 def _header_safe(message: str) -> str:
@@ -482,108 +328,6 @@ def _info(svc: _Service, fs, rel: str, user: str | None) -> dict[str, Any] | Non
         return None
 
 
-def _parse_range(value: str | None, size: int) -> tuple[int, int] | None:
-    """``(first, last)`` byte of a single ``bytes=`` range, None for the whole file (no/odd header)."""
-    if not value:
-        return None
-    unit, _, spec = value.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first, _, last = spec.strip().partition("-")
-    try:
-        if first == "":
-            n = int(last)
-            if n <= 0:
-                raise ValueError
-            start, end = max(size - n, 0), size - 1
-        else:
-            start = int(first)
-            end = min(int(last), size - 1) if last else size - 1
-    except ValueError:
-        return None
-    if start < 0 or start >= size or start > end:
-        raise ApiError(
-            416, f"range {value!r} is outside the file ({size} bytes)", {"Content-Range": f"bytes */{size}"}
-        )
-    return start, end
-
-
-def _marker(key: tuple) -> str:
-    return base64.urlsafe_b64encode(json.dumps(list(key)).encode()).decode().rstrip("=")
-
-
-def _unmarker(text: str) -> tuple:
-    value: Any = None
-    if len(text) <= MAX_MARKER:
-        try:
-            value = json.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        except (ValueError, TypeError, RecursionError):
-            value = None
-    if (
-        isinstance(value, list)
-        and len(value) == 3
-        and all(type(v) is int and v in (0, 1) for v in value[:2])
-        and isinstance(value[2], str)
-    ):
-        return (value[0], value[1], value[2])
-    raise ApiError(
-        400, f"marker {_short(text, 60)!r} is not one this service handed out; list again without it"
-    )
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_JSON_BODY:
-            raise ApiError(
-                413, f"the request body is over {MAX_JSON_BODY // 1024} KiB; send a small JSON object"
-            )
-        chunks.append(chunk)
-    raw = b"".join(chunks).strip() or b"{}"
-    if _json_depth(raw) > MAX_JSON_DEPTH:
-        raise ApiError(
-            400,
-            f"the request body is JSON nested more than {MAX_JSON_DEPTH} levels deep; send a flat object, "
-            'e.g. {"name": "my_collection", "acl": {"read": ["user://*"]}}',
-        )
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise ApiError(400, 'the request body must be JSON, e.g. {"name": "my_collection"}') from None
-    if not isinstance(data, dict):
-        raise ApiError(400, f"the request body must be a JSON object, not {type(data).__name__}")
-    return data
-
-
-def _json_depth(raw: bytes) -> int:
-    """How deep ``raw``'s arrays and objects nest (brackets inside strings do not count); the scan stops
-    once past MAX_JSON_DEPTH."""
-    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
-        return 0
-    depth = deepest = 0
-    in_string = escaped = False
-    for byte in raw:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):
-            depth += 1
-            deepest = max(deepest, depth)
-            if deepest > MAX_JSON_DEPTH:
-                break
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    return deepest
-
-
 def _run(fn, *args):
     return anyio.to_thread.run_sync(lambda: fn(*args))
 
@@ -625,7 +369,7 @@ def _check_writable(svc: _Service, fs, rel: str, user: str | None, display: str)
 
 def _listing(svc: _Service, fs, rel: str, user: str | None, marker: str | None, want_acl: bool) -> dict:
     resolved = fs.resolve(rel)
-    after = _unmarker(marker) if marker else None
+    after = read_marker(marker) if marker else None
     if svc.local and _depth(resolved) >= 2:  # inside a collection: one ACL for all, read once by _info
         page, more = _local_page(svc, fs, resolved, after)
     else:
@@ -641,7 +385,7 @@ def _listing(svc: _Service, fs, rel: str, user: str | None, marker: str | None, 
             for k, e in page
             if k[0] == 1
         ],
-        "marker": _marker(page[-1][0]) if (more and page) else None,
+        "marker": listing_marker(page[-1][0]) if (more and page) else None,
     }
     if want_acl and _depth(resolved) >= 2:
         body["acl"] = fs.get_acl(resolved).to_json()
@@ -745,7 +489,7 @@ def _open_file(fs, rel: str, info: dict[str, Any], head: bool, range_header: str
     f = fs.open(rel, "rb")
     try:
         size = _size_of(f)  # of the version opened (a replace meanwhile does not change it)
-        rng = _parse_range(range_header, size)
+        rng = parse_range(range_header, size)
         status, start, length = 200, 0, size
         if rng is not None:
             start, end = rng
@@ -842,23 +586,6 @@ def _check_match(svc: _Service, key: str | None, rel: str, display: str, if_matc
         )
 
 
-def _if_match(header: str | None) -> str | None:
-    """The sha256 an ``If-Match`` header names (``"<64 hex digits>"``, quoted or not), lower-cased; None
-    without the header. Anything else is refused: it could never match, and the caller's write would
-    only be refused later as if the object had changed."""
-    tag = (header or "").strip().strip('"')
-    if not tag:
-        return None
-    if not re.fullmatch(r"[0-9a-fA-F]{64}", tag):
-        shown = tag if len(tag) <= 80 else tag[:77] + "..."
-        raise ApiError(
-            400,
-            f"If-Match {shown!r} is not a content hash: give the sha256 (64 hex digits) of the "
-            'version to replace, as "<sha256>"; nothing was written',
-        )
-    return tag.lower()
-
-
 async def _put_small(
     request: Request,
     svc: _Service,
@@ -912,7 +639,7 @@ async def _put(request: Request, svc: _Service, key: str | None, rel: str, displ
             'to create a directory, POST {"name": ...} to its parent',
         )
     if_absent = request.headers.get("if-none-match", "").strip() == "*"
-    if_match = _if_match(request.headers.get("if-match"))
+    if_match = if_match_header(request.headers.get("if-match"))
     expected = request.headers.get("content-length")
     try:
         expected_n = int(expected) if expected is not None else None
@@ -978,7 +705,7 @@ async def _put(request: Request, svc: _Service, key: str | None, rel: str, displ
 
 
 async def _post(request: Request, svc: _Service, fs, rel: str, user: str | None, display: str):
-    body = await _json_body(request)
+    body = await read_json_body(request)
     name = body.get("name")
     if not isinstance(name, str) or not name or "/" in name.strip("/"):
         raise ApiError(
@@ -1016,7 +743,7 @@ async def _post(request: Request, svc: _Service, fs, rel: str, user: str | None,
 
 
 async def _patch(request: Request, svc: _Service, fs, rel: str, user: str | None, display: str):
-    body = await _json_body(request)
+    body = await read_json_body(request)
     if "acl" not in body:
         raise ApiError(
             400,
@@ -1093,14 +820,14 @@ async def data_endpoint(request: Request) -> Response:
     try:
         if not svc._ready:
             await _run(svc.ensure)
-        _check_escapes(request)
+        check_escapes(request)
         rel = parse_data_path(raw)
         display = f"data://{rel}"
         if request.method in ("GET", "HEAD"):
             out = await _run(
                 _get_sync,
                 svc,
-                _api_key(request),
+                request_key(request),
                 rel,
                 display,
                 head,
@@ -1109,7 +836,7 @@ async def data_endpoint(request: Request) -> Response:
             )
             return out.response() if isinstance(out, _FileStream) else out
         if request.method == "PUT":
-            return await _put(request, svc, _api_key(request), rel, display)
+            return await _put(request, svc, request_key(request), rel, display)
         user = await _caller(request, svc)
         fs = svc.fs_for(user)
         return await _METHODS[request.method](request, svc, fs, rel, user, display)
@@ -1197,12 +924,10 @@ def create_app(settings: DataApiSettings | None = None) -> FastAPI:
 data_api_app = create_app()
 
 __all__ = [
-    "ApiError",
     "DataApiSettings",
     "HeaderLimit",
     "api_error_of",
     "create_app",
     "data_api_app",
-    "parse_data_path",
     "resolve_root",
 ]

@@ -41,7 +41,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from freestack.errors import DeployError
 from freestack.registry.core import ModelRegistry, RegistryError
-from freestack.serving.local import LocalServer, Slot, is_pretrained, server_config, serving_dir, start_server
+from freestack.serving.launch import LocalServer, Slot, server_config, serving_dir, start_server
+from freestack.serving.local import is_pretrained
 from freestack.serving.processes import free_port
 from freestack.serving.smoke import generation_request, seldon_request, v2_request
 from freestack.serving.spec import DeploySpec, MeasureSpec

@@ -2,7 +2,7 @@
 
 One thread per worker, no thread pool: the worker's event loop (epoll) holds every keep-alive
 connection it accepted and reads what each sends without blocking; once a request is whole (its
-headers and all of its body, found by :func:`freestack_server.seldon.request_checks.request_end`), it parses
+headers and all of its body, found by :func:`freestack_server.seldon.framing.request_end`), it parses
 it with gunicorn's own parser from memory and runs the WSGI app (Seldon's Flask app) inline, then goes
 back to the loop. That is gunicorn's ``sync`` worker (which closes the connection after every
 response) with keep-alive, or ``gthread`` with one thread but without a hand-off to the pool thread
@@ -25,7 +25,7 @@ a head is in, else a plain close, as at the end of its keep-alive time), and whi
 connections stay below ``worker_connections``, so it keeps accepting: a good request waits only for
 the connections queued before it.
 
-Why the worker finds where a request ends itself (:func:`freestack_server.seldon.request_checks.request_end`)
+Why the worker finds where a request ends itself (:func:`freestack_server.seldon.framing.request_end`)
 rather than leaving it to gunicorn: gunicorn's parser reads from a blocking socket, so it cannot tell an
 event loop whether a request is whole; and the gunicorn that seldon-core 1.17.1 pins (``<20.2``, frozen
 with the last Apache-2.0 release) frames bodies laxly: with both ``Content-Length`` and
@@ -93,17 +93,16 @@ from gunicorn.http.body import ChunkedReader
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers import base, gthread, sync
 
-from freestack_server.seldon.request_checks import (
+from freestack_server.seldon.framing import (
     Frame,
-    JsonErrors,
     Refused,
     RequestTimeout,
     chunks_end,
     decode_chunked,
-    error_response,
     framing,
     request_end,
 )
+from freestack_server.seldon.request_checks import JsonErrors, error_response
 
 STALE_AFTER = 2.0  # seconds without a heartbeat before a sibling stops counting
 TICK = 0.25  # seconds between heartbeats, keep-alive expiry, parent and gate checks

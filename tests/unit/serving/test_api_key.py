@@ -13,8 +13,8 @@ from pydantic import SecretStr, ValidationError
 
 from freestack.errors import DeployError
 from freestack.hooks.credentials import server_api_key
-from freestack.serving import local as local_mod
-from freestack.serving.local import API_KEY_VARIABLE, Slot, server_config
+from freestack.serving import launch as launch_mod
+from freestack.serving.launch import API_KEY_VARIABLE, Slot, server_config
 from freestack.serving.spec import ApiKeySource, DeploySpec
 from freestack.specbase import block_problems
 
@@ -136,7 +136,7 @@ def test_a_connection_without_a_password_is_refused(monkeypatch):
 
 
 def launch_for(spec: DeploySpec, key: SecretStr | None, tmp_path, monkeypatch):
-    monkeypatch.setattr(local_mod, "serving_dir", lambda: tmp_path)
+    monkeypatch.setattr(launch_mod, "serving_dir", lambda: tmp_path)
     slot = Slot("blue", 19001, 19100, 19200)
     return server_config(
         "chat", "chat", "v1", slot, spec.local, model_uri="file:///m", request_log_uri=None, api_key=key
@@ -150,12 +150,12 @@ def test_the_env_file_carries_the_key_and_only_its_owner_reads_it(tmp_path, monk
     env_file = tmp_path / "blue.env"
     env_file.write_text("OLD='x'\n")
     env_file.chmod(0o644)  # a file an older deploy left: replaced, not reused
-    local_mod._write_private(env_file, launch.variables())
+    launch_mod._write_private(env_file, launch.variables())
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
     assert f"{API_KEY_VARIABLE}='{KEY}'\n" in env_file.read_text() and "OLD" not in env_file.read_text()
-    assert local_mod._same_key({"config": str(env_file)}, SecretStr(KEY))
-    assert not local_mod._same_key({"config": str(env_file)}, SecretStr("sk-rotated"))
-    assert not local_mod._same_key({"config": str(env_file)}, None)
+    assert launch_mod.same_key({"config": str(env_file)}, SecretStr(KEY))
+    assert not launch_mod.same_key({"config": str(env_file)}, SecretStr("sk-rotated"))
+    assert not launch_mod.same_key({"config": str(env_file)}, None)
     without = launch_for(deploy(), None, tmp_path, monkeypatch)
     assert API_KEY_VARIABLE not in without.variables()
 
@@ -163,10 +163,10 @@ def test_the_env_file_carries_the_key_and_only_its_owner_reads_it(tmp_path, monk
 def test_a_deploy_that_names_a_connection_needs_its_key(tmp_path, monkeypatch):
     spec = deploy(api_key={"conn_id": "llm_api_key"})
     with pytest.raises(DeployError, match="names connection 'llm_api_key', but this deploy was given no key"):
-        local_mod._checked_key(None, spec.local)
+        launch_mod.checked_key(None, spec.local)
     for bad in ("", "it's", "a\nb"):
         with pytest.raises(DeployError, match="empty or holds a quote or a line break") as info:
-            local_mod._checked_key(SecretStr(bad), spec.local)
+            launch_mod.checked_key(SecretStr(bad), spec.local)
         assert "llm_api_key" in str(info.value)
-    assert local_mod._checked_key(SecretStr(KEY), spec.local).get_secret_value() == KEY
-    assert local_mod._checked_key(None, deploy().local) is None
+    assert launch_mod.checked_key(SecretStr(KEY), spec.local).get_secret_value() == KEY
+    assert launch_mod.checked_key(None, deploy().local) is None

@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from freestack.serving import local, manifests
+from freestack.serving import launch as launch_mod
+from freestack.serving import manifests
 from freestack.serving.spec import KubernetesTarget, LocalTarget
 from freestack.settings import PREFIX, Settings
 from freestack_server.core.config import PREFIX as SERVER
@@ -67,18 +68,18 @@ def test_the_local_deploy_starts_the_images_command_with_the_same_variables(runt
 
     monkeypatch.setenv("FREESTACK_SERVING_DIR", str(tmp_path))
     monkeypatch.setattr(subprocess, "Popen", Capture)
-    monkeypatch.setattr(local, "runtime_python", lambda rt: f"/venv-{rt}/bin/python")
-    launch = local.server_config(
+    monkeypatch.setattr(launch_mod, "runtime_python", lambda rt: f"/venv-{rt}/bin/python")
+    launch = launch_mod.server_config(
         "d",
         "m",
         "v1",
-        local.Slot("blue", 9001, 9101),
+        launch_mod.Slot("blue", 9001, 9101),
         LocalTarget(port=9000),
         model_uri="file:///x",
         request_log_uri=None,
         runtime=runtime,
     )
-    server = local.start_server(launch, model_env={})
+    server = launch_mod.start_server(launch, model_env={})
     (argv,) = started
     assert (
         argv[1:] == [*COMMAND[1:], "--env-file", str(server.env_file)]

@@ -12,6 +12,7 @@ import socket
 import pytest
 
 from freestack.errors import DeployError
+from freestack.serving import launch as launch_mod
 from freestack.serving import local as local_mod
 from freestack.serving import processes
 from freestack.serving.spec import DeploySpec, LocalTarget
@@ -91,7 +92,7 @@ def test_a_taken_serving_port_names_the_port_holder_and_setting_without_port_plu
     local = LocalTarget(port=port)
     with listening(port):
         with pytest.raises(DeployError) as err:
-            local_mod.hold_address("m", "m", local, None)
+            launch_mod.hold_address("m", "m", local, None)
     msg = str(err.value)
     assert f"{HOST}:{port}" in msg and f"pid {os.getpid()}" in msg and "deploy.local.port" in msg, msg
     assert "+ 100" not in msg and "+ 101" not in msg, msg
@@ -144,11 +145,11 @@ def test_the_runtime_is_seldon_or_mlserver():
     )
     with pytest.raises(ValueError, match="'seldon' or 'mlserver'"):
         DeploySpec.model_validate({"runtime": "triton"})
-    cfg = local_mod.server_config(
+    cfg = launch_mod.server_config(
         "d",
         "m",
         "v1",
-        local_mod.Slot("blue", 9001, 9101),
+        launch_mod.Slot("blue", 9001, 9101),
         LocalTarget(port=9000),
         model_uri="file:///x",
         request_log_uri=None,
@@ -156,8 +157,8 @@ def test_the_runtime_is_seldon_or_mlserver():
     )
     assert cfg.config.runtime == "mlserver" and cfg.config.workers == 1
     assert cfg.config.grpc_port not in (9000, 9001, 9002, 9101)
-    assert local_mod.health_url("http://h:1", "mlserver", "m") == "http://h:1/v2/models/m/ready"
-    assert local_mod.health_url("http://h:1", "seldon", "m") == "http://h:1/health/status"
+    assert launch_mod.health_url("http://h:1", "mlserver", "m") == "http://h:1/v2/models/m/ready"
+    assert launch_mod.health_url("http://h:1", "seldon", "m") == "http://h:1/health/status"
 
 
 def test_a_grpc_port_setting_places_blue_and_green_and_a_taken_one_fails_naming_it():
@@ -167,7 +168,7 @@ def test_a_grpc_port_setting_places_blue_and_green_and_a_taken_one_fails_naming_
     green = local_mod._free_slot("m", "m", local, {"color": "blue"}, runtime="mlserver")
     assert (blue.grpc_port, green.grpc_port) == (gp, gp + 1)
     assert local_mod._free_slot("m", "m", local, None).grpc_port is None  # Seldon's runtime has no gRPC
-    launch = local_mod.server_config(
+    launch = launch_mod.server_config(
         "m", "m", "v1", blue, local, model_uri="file:///x", request_log_uri=None, runtime="mlserver"
     )
     assert launch.config.grpc_port == gp

@@ -12,7 +12,7 @@ import pytest
 
 from freestack.errors import DeployError
 from freestack.serving import local as local_mod
-from freestack.serving.local import LocalServer, Slot, server_config
+from freestack.serving.launch import LocalServer, Slot, server_config
 from freestack.serving.spec import START_TIMEOUT_S, WORKER_TIMEOUT_S, DeploySpec, LocalTarget
 from tests.support.ports import free_ports
 
