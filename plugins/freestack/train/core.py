@@ -478,10 +478,7 @@ def train_objective(spec: PipelineSpec, data: Prepared, keys: Keys = NO_KEYS) ->
 
 def build_model(spec: PipelineSpec, data: Prepared):
     """The spec's network (an MLP, a CNN when the features form an image, a fine-tuned classifier, or the
-    user's own module), scaled for the data."""
-    import torch
-
-    torch.manual_seed(spec.train.seed)
+    user's own module), scaled for the data; seeded by :func:`train_objective`."""
     if spec.model.type == "huggingface":  # the base's weights; pixels normalised as its processor says
         return build_pretrained_model(spec, data)
     if spec.model.type == "custom":

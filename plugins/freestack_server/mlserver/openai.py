@@ -248,7 +248,6 @@ class Call:
         client: str = "unknown",
     ):
         self.served, self.prompts, self.asked, self.grammar = served, prompts, asked, grammar
-        self.tools, self.n, self.top, self.token_ids = asked.tools, asked.n, asked.top, asked.token_ids
         self.client = client  # the client's address (the bound on requests beside the batch is per client)
         self.version, self.adapter, self.model = version, adapter, f"{served.name}:{version}"
         self.started, self.id, self.created = started, self._id(request), int(time.time())
@@ -266,7 +265,7 @@ class Call:
                 f"{n} prompts (answers, with n) in one request: the server generates for at most "
                 f"{engine.max_requests} at once (deploy.generation.max_requests, which bounds "
                 "deploy.generation.max_prompts_per_request), so it could never be answered: send fewer a request",
-                "n" if self.n > 1 else "prompt",
+                "n" if self.asked.n > 1 else "prompt",
             )
         try:
             self.served.engine.admit(len(self.prompts.ids))
@@ -276,7 +275,7 @@ class Call:
     def _unbatched(self) -> contextlib.AbstractContextManager:
         """A place beside the batch for a request that needs one (:func:`freestack.ml.lm.engine.needs_apart`):
         OpenAIError 429 past the deployment's or the client's bound."""
-        if needs_apart(self.prompts.settings, self.grammar, self.top):
+        if needs_apart(self.prompts.settings, self.grammar, self.asked.top):
             return self.served.unbatched.hold(self.client)
         return contextlib.nullcontext()
 
@@ -288,7 +287,7 @@ class Call:
         self._admit()
         engine, asked = (
             self.served.engine,
-            {"adapter": self.adapter, "grammar": self.grammar, "logprobs": self.top},
+            {"adapter": self.adapter, "grammar": self.grammar, "logprobs": self.asked.top},
         )
         try:
             if self.prompts.settings.seed is None:
@@ -306,7 +305,7 @@ class Call:
         self._log(answers)
         head = {"id": self.id, "created": self.created, "model": self.model, "usage": self._usage(answers)}
         choices = [self._answered(i, a) for i, a in enumerate(answers)]
-        if self.token_ids:  # vLLM's return_token_ids
+        if self.asked.token_ids:  # vLLM's return_token_ids
             for i, (choice, answer) in enumerate(zip(choices, answers, strict=True)):
                 choice.update(prompt_token_ids=self.prompts.ids[i][0], token_ids=answer.token_ids or [])
         return self.whole_type(object=self.whole_name, choices=choices, **head).model_dump(exclude_none=True)
@@ -340,11 +339,11 @@ class Call:
                     admitted=True,
                     adapter=self.adapter,
                     grammar=self.grammar,
-                    logprobs=self.top,
+                    logprobs=self.asked.top,
                 ):
                     text.append(piece.text)
                     last = self._timed(last) if piece.text else last
-                    if (piece.text or piece.finish_reason) and self.tools is None:
+                    if (piece.text or piece.finish_reason) and self.asked.tools is None:
                         usage = so_far(piece.completion_tokens)
                         yield self._chunk(
                             self._delta(piece.text), i, piece.finish_reason, usage, piece.logprobs
@@ -361,7 +360,7 @@ class Call:
                         piece.queued,
                     )
                 )
-                if self.tools is not None:  # the calls are read from the whole answer
+                if self.asked.tools is not None:  # the calls are read from the whole answer
                     for delta, reason in self._call_deltas(i, answers[-1]):
                         yield self._chunk(delta, i, reason, so_far(0))
         except EngineError as exc:
@@ -379,7 +378,7 @@ class Call:
         """An answer's text, its tool calls and its finish reason (``tool_calls`` when it made any). An
         answer cut at ``max_tokens`` before its calls were complete is text, with ``length``."""
         try:
-            content, calls = self.tools.read(
+            content, calls = self.asked.tools.read(
                 answer.text, self._prompt_text(index), self.served.generator.tokenizer
             )
         except ValueError:
@@ -395,7 +394,7 @@ class Call:
 
     def _answered(self, index: int, answer: Completion) -> dict[str, object]:
         """A whole answer's choice: its text, or (with tools) its text and calls."""
-        if self.tools is None:
+        if self.asked.tools is None:
             return self._choice(index, answer.text, answer.finish_reason, "message", answer.logprobs)
         content, calls, reason = self._read(index, answer)
         message = {"role": "assistant", "content": content}
@@ -446,7 +445,7 @@ class Call:
     ) -> dict[str, object]:
         """One choice: its ``content`` (``key``: ``message`` for a whole answer, ``delta`` for a streamed
         piece), with its tokens' log-probabilities when asked for."""
-        kept = None if self.top is None else self._logprobs(logprobs or [])
+        kept = None if self.asked.top is None else self._logprobs(logprobs or [])
         return {
             "index": index,
             **self._content(content, key),
@@ -465,7 +464,7 @@ class Call:
         return {
             "tokens": [word(k.token) for k in kept],
             "token_logprobs": [k.logprob for k in kept],
-            "top_logprobs": [{word(t): lp for t, lp in k.top} for k in kept] if self.top else None,
+            "top_logprobs": [{word(t): lp for t, lp in k.top} for k in kept] if self.asked.top else None,
             "text_offset": offsets if kept else [],
         }
 
@@ -483,7 +482,7 @@ class Call:
     def _usage(self, answers: list[Completion]) -> dict[str, int]:
         """The tokens: each prompt once (it is read once, however many answers it has), every answer's."""
         return _tokens(
-            sum(a.prompt_tokens for a in answers[:: self.n]), sum(a.completion_tokens for a in answers)
+            sum(a.prompt_tokens for a in answers[:: self.asked.n]), sum(a.completion_tokens for a in answers)
         )
 
     def _chunk_body(

@@ -172,14 +172,12 @@ class Scorer:
         """The completions' mask (up to and with the end of turn), each function's rewards
         ``[n, functions]`` and their weighted sum ``[n]``."""
         cmask = up_to_end(new, self.eos)
-        tok, table = self.encoding.tokenizer, self.encoding.table
-        texts = [
-            tok.decode(row[: int(n)].tolist(), skip_special_tokens=True).strip()
-            for row, n in zip(new, cmask.sum(dim=1), strict=True)
-        ]
+        tok, table, lengths = self.encoding.tokenizer, self.encoding.table, cmask.sum(dim=1).tolist()
         samples = [
-            Sample(table[r][0], text, int(n), table[r][1])
-            for r, text, n in zip(rows.tolist(), texts, cmask.sum(dim=1).tolist(), strict=True)
+            Sample(
+                table[r][0], tok.decode(row[:n].tolist(), skip_special_tokens=True).strip(), n, table[r][1]
+            )
+            for r, row, n in zip(rows.tolist(), new, lengths, strict=True)
         ]
         rewards = torch.tensor(self.rewards.score(samples), dtype=torch.float32, device=new.device)
         weights = torch.tensor([r.weight for r in self.rewards.rewards], device=new.device)
