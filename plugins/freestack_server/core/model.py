@@ -132,14 +132,11 @@ class ServedModel:
         self.generator: Generator | None = None
 
     # -- loading --------------------------------------------------------------------------------------
+    @cannot_serve()
     def describe(self) -> dict[str, Any]:
         """Model name, version, features and classes from the small JSON files (read by
         :func:`freestack.version.folder.open_folder`, checked against the registration manifest): no torch
         involved, so it is safe in a server's parent process before its workers fork."""
-        with cannot_serve():
-            return self._describe()
-
-    def _describe(self) -> dict[str, Any]:
         if self._described is None:
             # an alias (registry/<model>@production) is read once: every later fetch, in this process and
             # in the workers forked from it, uses the one version it named, never a mix of two
@@ -172,11 +169,8 @@ class ServedModel:
         """Whether requests carry raw category/text/image values rather than numbers only."""
         return bool(self.describe().get("encoder"))
 
+    @cannot_serve()
     def load(self) -> None:
-        with cannot_serve():
-            self._load()
-
-    def _load(self) -> None:
         import torch
 
         torch.set_num_threads(max(1, self.torch_threads))
@@ -260,15 +254,10 @@ class ServedModel:
     def _load_generation(self) -> None:
         """A text-generation model's tokenizer (its chat template) and generation config, loaded with the
         version (:class:`freestack.version.loaded.LoadedVersion`), and the deployment's bounds."""
-        bounds = (
-            Bounds.from_mapping(self.generation_bounds)
-            if self.generation_bounds is not None
-            else Bounds.from_settings()
-        )
         self.generator = Generator(
             self.net,
             self.loaded.tokenizer,
-            bounds=bounds,
+            bounds=Bounds.from_mapping(self.generation_bounds),  # None: the settings' bounds
             generation_config=self.loaded.generation_config,
         )
         self.generator.warm_up()
@@ -359,9 +348,7 @@ class ServedModel:
             )
             raise PayloadError(f"features must be numbers; the payload holds {kind}")
         if X.ndim == 1:
-            if X.size == 0:
-                raise PayloadError("the payload holds no rows: send at least one row of features")
-            X = X.reshape(1, -1)
+            X = X.reshape(1, -1) if X.size else X.reshape(0, 0)
         if X.ndim != 2:
             raise PayloadError(
                 f"features must be a 2-D array [rows, {self.n_features}], got shape {list(X.shape)}"
@@ -424,7 +411,7 @@ class ServedModel:
             ) from None
 
     def _records(self, payload: dict[str, Any]) -> tuple[np.ndarray, list[str]]:
-        records = payload.get("instances", payload if "instances" not in payload else None)
+        records = payload.get("instances", payload)  # or one record
         if isinstance(records, dict):
             records = [records]
         if not isinstance(records, list) or not records:

@@ -61,7 +61,7 @@ class RawInputs:
         return {self.names[0]: [_unicode(value, 0, self.names[0]) if isinstance(value, str) else value]}
 
     def from_records(self, payload: dict[str, Any]) -> dict[str, list]:
-        records = payload.get("instances", payload if "instances" not in payload else None)
+        records = payload.get("instances", payload)  # or one record
         if isinstance(records, dict):
             records = [records]
         if not isinstance(records, list) or not records:

@@ -377,10 +377,10 @@ class Call:
     def _read(self, index: int, answer: Completion) -> tuple[str | None, list[ToolCall], str]:
         """An answer's text, its tool calls and its finish reason (``tool_calls`` when it made any). An
         answer cut at ``max_tokens`` before its calls were complete is text, with ``length``."""
+        tokenizer = self.served.generator.tokenizer
         try:
-            content, calls = self.asked.tools.read(
-                answer.text, self._prompt_text(index), self.served.generator.tokenizer
-            )
+            prompt = tokenizer.decode(self.prompts.ids[index][0])
+            content, calls = self.asked.tools.read(answer.text, prompt, tokenizer)
         except ValueError:
             return answer.text, [], answer.finish_reason
         return (
@@ -388,9 +388,6 @@ class Call:
             calls,
             ("tool_calls" if calls and answer.finish_reason == "stop" else answer.finish_reason),
         )
-
-    def _prompt_text(self, index: int) -> str:
-        return self.served.generator.tokenizer.decode(self.prompts.ids[index][0])
 
     def _answered(self, index: int, answer: Completion) -> dict[str, object]:
         """A whole answer's choice: its text, or (with tools) its text and calls."""

@@ -3,7 +3,7 @@
 MLServer (1.7.1, Apache-2.0, in ``.venv-mlserver``) loads :class:`FreestackRuntime` from a
 ``model-settings.json`` whose ``parameters.uri`` is the registry version (or an alias of it) and whose
 ``parameters.extra`` holds ``max_batch_rows``, ``batch_rows``, ``batch_wait_ms``, ``request_log_uri``,
-``request_log_rate``, ``deployment`` and ``torch_threads`` (:func:`freestack_server.mlserver.server.write_folder`
+``request_log_rate``, ``deployment`` and ``torch_threads`` (:func:`freestack_server.mlserver.server.folder_of`
 writes it). :class:`ServedModel` does the
 work; this class maps the protocol onto it:
 
@@ -283,15 +283,14 @@ class FreestackRuntime(OpenAIRoutes, MLModel):
                 f"the inputs must be the model's features, one tensor each: unknown {unknown[:10]}, "
                 f"missing {missing[:10]}"
             )
-        if columns is None:
-            cols = [_column(by_name[n], numeric=True) for n in expected]
-            _same_rows(expected, cols)
-            return np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1), list(expected)
-        kinds = dict(columns)
+        kinds = dict(columns or ())  # a model of numbers: every feature numeric
         cols = [
-            _column(by_name[n], numeric=kinds[n] == "numeric", image=kinds[n] == "image") for n in expected
+            _column(by_name[n], numeric=kinds.get(n, "numeric") == "numeric", image=kinds.get(n) == "image")
+            for n in expected
         ]
         _same_rows(expected, cols)
+        if columns is None:
+            return np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1), list(expected)
         return {"instances": [dict(zip(expected, row, strict=True)) for row in zip(*cols, strict=True)]}, None
 
     # -- text generation ------------------------------------------------------------------------------
@@ -464,10 +463,6 @@ def _text(v: object, where: str) -> str:
     return v
 
 
-def _content_type(inp: RequestInput) -> str | None:
-    return getattr(inp.parameters, "content_type", None) if inp.parameters is not None else None
-
-
 def _kwarg(inp: RequestInput) -> object:
     """A generation parameter sent as an input: its one value (content type ``raw``, or a number or BYTES
     holding one), or for ``stop`` its strings."""
@@ -512,7 +507,7 @@ def _prompts_of(gen: Generator, inp: RequestInput) -> tuple[list, list[str], lis
     texts = [_text(v, f"input {inp.name!r}, value {i}") for i, v in enumerate(_values(inp))]
     if not texts:
         raise PayloadError(f"input {inp.name!r} holds no prompt; {V2_HINT}")
-    if _content_type(inp) in (JSONLIST, "hg_json"):
+    if getattr(inp.parameters, "content_type", None) in (JSONLIST, "hg_json"):
         try:
             decoded = [json.loads(t) for t in texts]
         except ValueError as exc:

@@ -33,7 +33,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,47 +68,6 @@ REPOSITORY_DISABLED = (
 STOP_GRACE_S = 15.0
 #: MLServer's dotted path of freestack's runtime
 IMPLEMENTATION = "freestack_server.mlserver.runtime.FreestackRuntime"
-
-
-def write_folder(
-    folder: Path,
-    *,
-    name: str,
-    model_uri: str,
-    host: str,
-    http_port: int,
-    grpc_port: int,
-    metrics_port: int,
-    workers: int,
-    extra: dict[str, Any],
-) -> Path:
-    """The folder MLServer serves: ``settings.json`` (every listener on ``host``; ``workers`` 0 runs
-    the model in the server's own process, n > 0 in n worker processes) and ``<name>/model-settings.json``
-    (:class:`freestack_server.mlserver.runtime.FreestackRuntime` loading ``model_uri``; ``extra``: its
-    batching, request log and limits). MLServer's own adaptive batching stays off (see the runtime)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    server = {
-        "host": host,
-        "http_port": http_port,
-        "grpc_port": grpc_port,
-        "metrics_port": metrics_port,
-        "parallel_workers": workers,
-        "debug": False,
-        "load_models_at_startup": True,
-        "gzip_enabled": False,
-        "metrics_dir": str(folder / ".metrics"),
-        "metrics_endpoint": "/metrics" if metrics_port else None,
-    }
-    (folder / "settings.json").write_text(json.dumps(server, indent=2))
-    (folder / name).mkdir(exist_ok=True)
-    model = {
-        "name": name,
-        "implementation": IMPLEMENTATION,
-        "max_batch_size": 0,
-        "parameters": {"uri": model_uri, "extra": extra},
-    }
-    (folder / name / "model-settings.json").write_text(json.dumps(model, indent=2))
-    return folder
 
 
 def v2_error(status: int, message: str, path: str = "") -> Refusal:
@@ -273,7 +232,7 @@ def _extend_rest(max_body_bytes: int, api_key: str | None) -> None:
     import mlserver.rest.server as rest_server
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException
-    from starlette.responses import JSONResponse
+    from starlette.responses import JSONResponse, Response
 
     from freestack_server.mlserver.binary import BinaryTensors
 
@@ -290,7 +249,13 @@ def _extend_rest(max_body_bytes: int, api_key: str | None) -> None:
 
     def extended_app(settings, data_plane, model_repository_handlers):
         app = create_app(settings, data_plane=data_plane, model_repository_handlers=model_repository_handlers)
-        app.add_api_route("/health", _health(data_plane), methods=["GET"])
+
+        async def health():
+            """``GET /health``: the probe of vLLM's and ``transformers serve``'s OpenAI servers (``guidellm``
+            asks it first), 200 when every model is ready (``/v2/health/ready``), else 503."""
+            return Response(status_code=200 if await data_plane.ready() else 503)
+
+        app.add_api_route("/health", health, methods=["GET"])
         # the runtime's own routes (the OpenAI API of a text-generation version: custom handlers) run behind
         # these too. The last added runs first: Refusals, KeyGuard, BodyLimit, BinaryTensors
         app.add_middleware(BinaryTensors)
@@ -301,17 +266,6 @@ def _extend_rest(max_body_bytes: int, api_key: str | None) -> None:
         return app
 
     rest_server.create_app = extended_app
-
-
-def _health(data_plane: Any) -> Callable[[], Awaitable[Any]]:
-    from starlette.responses import Response
-
-    async def health():
-        """``GET /health``: the probe of vLLM's and ``transformers serve``'s OpenAI servers (``guidellm`` asks
-        it first), 200 when every model is ready (``/v2/health/ready``), else 503."""
-        return Response(status_code=200 if await data_plane.ready() else 503)
-
-    return health
 
 
 def not_http_message(reason: str) -> str:
@@ -422,7 +376,11 @@ def _grpc_model_ready_not_found() -> None:
 
 
 def folder_of(cfg: ServerConfig) -> Path:
-    """MLServer's folder for this server, in ``FREESTACK_SERVER_WORKDIR``, named after the predictor."""
+    """MLServer's folder for this server, in ``FREESTACK_SERVER_WORKDIR``, named after the predictor:
+    ``settings.json`` (every listener on the server's host; ``parallel_workers`` 0 runs the model in the
+    server's own process) and ``<model>/model-settings.json``
+    (:class:`freestack_server.mlserver.runtime.FreestackRuntime` loading the model URI; ``extra``: its
+    batching, request log and limits). MLServer's own adaptive batching stays off (see the runtime)."""
     config = settings()
     extra = {
         "max_batch_rows": config.max_batch_rows,
@@ -434,17 +392,30 @@ def folder_of(cfg: ServerConfig) -> Path:
     }
     if not config.model_uri:
         raise SystemExit("no model to serve: set FREESTACK_MODEL_URI")
-    return write_folder(
-        Path(cfg.workdir or ".") / f"{cfg.predictor}.mlserver",
-        name=cfg.model,
-        model_uri=config.model_uri,
-        host=cfg.host,
-        http_port=cfg.port,
-        grpc_port=cfg.grpc_port,
-        metrics_port=cfg.metrics_port,
-        workers=0,
-        extra=extra,
-    )
+    folder = Path(cfg.workdir or ".") / f"{cfg.predictor}.mlserver"
+    folder.mkdir(parents=True, exist_ok=True)
+    server = {
+        "host": cfg.host,
+        "http_port": cfg.port,
+        "grpc_port": cfg.grpc_port,
+        "metrics_port": cfg.metrics_port,
+        "parallel_workers": 0,
+        "debug": False,
+        "load_models_at_startup": True,
+        "gzip_enabled": False,
+        "metrics_dir": str(folder / ".metrics"),
+        "metrics_endpoint": "/metrics" if cfg.metrics_port else None,
+    }
+    (folder / "settings.json").write_text(json.dumps(server, indent=2))
+    (folder / cfg.model).mkdir(exist_ok=True)
+    model = {
+        "name": cfg.model,
+        "implementation": IMPLEMENTATION,
+        "max_batch_size": 0,
+        "parameters": {"uri": config.model_uri, "extra": extra},
+    }
+    (folder / cfg.model / "model-settings.json").write_text(json.dumps(model, indent=2))
+    return folder
 
 
 #: what must stop with the server besides MLServer's own servers: each generation engine's loop thread

@@ -92,7 +92,7 @@ class ToolCalling:
     def schema(self) -> dict[str, JsonValue] | None:
         """The JSON schema the answer is generated under; None for ``auto`` (free, then parsed)."""
         if isinstance(self.choice, NamedToolChoice):
-            return self._parameters(self.choice.function.name)
+            return self.schemas()[0][1]  # the named tool's parameters
         if self.choice != "required":
             return None
         defs: dict[str, JsonValue] = {}
@@ -131,10 +131,6 @@ class ToolCalling:
             for i, t in enumerate(self.tools)
             if named in (None, t.function.name)
         ]
-
-    def _parameters(self, name: str) -> dict[str, JsonValue]:
-        tool = next(t for t in self.tools if t.function.name == name)
-        return tool.function.parameters or ANY_ARGUMENTS
 
     def read(self, text: str, prompt: str, tokenizer) -> tuple[str | None, list[Call]]:
         """An answer's text and its calls (each with a new id); the text is None when it is all calls."""

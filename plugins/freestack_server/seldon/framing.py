@@ -98,7 +98,6 @@ def too_large(length: int | None, max_body: int) -> Refused:
 
 HEAD_LIMIT = 64 * 1024  # bytes of request line and headers (and of a chunked body's trailers)
 
-
 _HEX = re.compile(rb"^[0-9A-Fa-f]{1,15}$")
 
 
@@ -127,9 +126,7 @@ class Frame:
 
 _LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:([^\r]*)", re.IGNORECASE)
 
-
 _CODING = re.compile(rb"\r\ntransfer-encoding[ \t]*:([^\r]*)", re.IGNORECASE)
-
 
 _EXPECT = re.compile(rb"\r\nexpect[ \t]*:[ \t]*100-continue[ \t]*\r", re.IGNORECASE)
 
@@ -153,12 +150,9 @@ def head_framing(head: bytes, max_body: int) -> tuple[str, int, bool]:
 
 METHOD_MAX = 32  # bytes of a method name (the longest registered one has 17)
 
-
 _TOKEN_BYTES = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
-
 _CTL = re.compile(rb"[\x00-\x1f\x7f]")
-
 
 _REQUEST_LINE = re.compile(
     rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1," + str(METHOD_MAX).encode() + rb"} [^\x00-\x20\x7f]+ HTTP/1\.[0-9]"

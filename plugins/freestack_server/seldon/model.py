@@ -254,28 +254,24 @@ class Model(ServedModel):
 
         try:
             self.require_request_log()  # before looking at the message: the answer is the same whatever it holds
-        except PayloadError as exc:
-            raise _bad(exc.message, exc.status, exc.reason) from None
-        tags = feedback.response.meta.tags
-        request_id = (
-            (tags["request_id"].string_value if "request_id" in tags else "")
-            or feedback.request.meta.puid
-            or feedback.response.meta.puid
-        )
-        if not request_id:
-            raise _bad(
-                'the feedback names no request: send the answer\'s meta as "response" ({"meta": {"tags": '
-                '{"request_id": ...}}}) or the request\'s "meta": {"puid": ...}'
+            tags = feedback.response.meta.tags
+            request_id = (
+                (tags["request_id"].string_value if "request_id" in tags else "")
+                or feedback.request.meta.puid
+                or feedback.response.meta.puid
             )
-        if feedback.truth.WhichOneof("data_oneof") != "data":
-            raise _bad(
-                'the feedback carries no "truth": send {"truth": {"data": {"ndarray": [label, ...]}}}, one '
-                "label per row of the request"
-            )
-        try:
-            n = self.add_feedback(
-                request_id, np.asarray(grpc_datadef_to_array(feedback.truth.data)), feedback.reward
-            )
+            if not request_id:
+                raise _bad(
+                    'the feedback names no request: send the answer\'s meta as "response" ({"meta": {"tags": '
+                    '{"request_id": ...}}}) or the request\'s "meta": {"puid": ...}'
+                )
+            if feedback.truth.WhichOneof("data_oneof") != "data":
+                raise _bad(
+                    'the feedback carries no "truth": send {"truth": {"data": {"ndarray": [label, ...]}}}, '
+                    "one label per row of the request"
+                )
+            truth = np.asarray(grpc_datadef_to_array(feedback.truth.data))
+            n = self.add_feedback(request_id, truth, feedback.reward)
         except PayloadError as exc:
             raise _bad(exc.message, exc.status, exc.reason) from None
         answer = prediction_pb2.SeldonMessage()
