@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -136,17 +136,8 @@ class Preprocessing:
         return ((y.to_numpy(dtype=np.float64) - self.target_mean) / self.target_std).astype(np.float32)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            **({"encoder": self.encoder.as_dict()} if self.encoder is not None else {}),
-            "task": self.task,
-            "features": self.features,
-            "mean": self.mean,
-            "std": self.std,
-            "classes": self.classes,
-            "target": self.target,
-            "target_mean": self.target_mean,
-            "target_std": self.target_std,
-        }
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "encoder"}
+        return {**({"encoder": self.encoder.as_dict()} if self.encoder is not None else {}), **own}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], tokenizer_json: str = "") -> Preprocessing:

@@ -194,20 +194,14 @@ def image_settings(processor: dict[str, Any]) -> tuple[tuple[int, int], list[flo
     return hw, [float(v) for v in mean], [float(v) for v in std]
 
 
-def _quiet_transformers():
-    """transformers' loading reports (a newly initialised head) as warnings, not a page of tables."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-
-
 def load_classifier(folder: str, task: str, classes: list[Any], *, meta: bool = False):
     """The base's ``AutoModelFor...Classification`` with a head for ``classes`` (a new head when the base
     has another one), in float32 (mixed precision is the loop's, on CUDA), and the modules it added to
     the base (:func:`new_modules`). ``meta``: an empty copy, no weight read."""
     import transformers
+    from transformers.utils import logging as hf_logging
 
-    _quiet_transformers()
+    hf_logging.set_verbosity_error()  # its loading reports (a newly initialised head): not a page of tables
     auto = getattr(transformers, TASKS[task][1])
     labels = [str(c) for c in classes]
     try:

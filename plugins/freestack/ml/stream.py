@@ -39,27 +39,24 @@ class BatchSource(Protocol):
     def ordered(self, batch_size: int, device: torch.device) -> Iterator[Batch]: ...
 
 
+def _each(x: Any, fn: Callable[[Any], Any]) -> Any:
+    """``fn`` of every group's array (``x`` a dict of them), or of the one array."""
+    return {k: fn(v) for k, v in x.items()} if isinstance(x, dict) else fn(x)
+
+
 def take(x: Tensors, index) -> Tensors:
     """Rows ``index`` (a slice or an index tensor) of every group."""
-    return {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]
+    return _each(x, lambda v: v[index])
 
 
 def _to(x: Tensors, device: torch.device) -> Tensors:
-    if isinstance(x, dict):
-        return {k: v.to(device, non_blocking=True) for k, v in x.items()}
-    return x.to(device, non_blocking=True)
+    return _each(x, lambda v: v.to(device, non_blocking=True))
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
     """A CPU tensor the caller owns: the array's memory when it is writable, else a copy (it may be a
     read-only view of a frame)."""
     return torch.from_numpy(a) if a.flags.writeable and a.flags.c_contiguous else torch.tensor(a)
-
-
-def _tensors(x: Inputs) -> Tensors:
-    if isinstance(x, dict):
-        return {k: _tensor(v) for k, v in x.items()}
-    return _tensor(x)
 
 
 def _cat(parts: list[Tensors]) -> Tensors:
@@ -154,7 +151,7 @@ class Streamed:
     def _read(self, order_seed: int | None) -> Iterator[tuple[Tensors, torch.Tensor]]:
         """The chunks as CPU tensors, read and encoded ``prefetch`` chunks ahead on a thread (reading
         Parquet, tokenizing and decoding images release the GIL, so this overlaps the training step)."""
-        chunks = ((_tensors(x), _tensor(np.asarray(y))) for x, y in self.chunks(order_seed))
+        chunks = ((_each(x, _tensor), _tensor(np.asarray(y))) for x, y in self.chunks(order_seed))
         return prefetched(chunks, self.prefetch, name="freestack-batches")
 
 
@@ -246,7 +243,7 @@ class ShuffleBuffer:
 
     def push(self, x: Tensors, y: torch.Tensor) -> Iterator[tuple[Tensors, torch.Tensor]]:
         if self.x is None or self.y is None:
-            self.x, self.y = _empty(x, self.capacity), y.new_empty((self.capacity, *y.shape[1:]))
+            self.x, self.y = (_each(t, lambda v: v.new_empty((self.capacity, *v.shape[1:]))) for t in (x, y))
         start = min(self.capacity - self.filled, len(y))
         if start:
             self._put(slice(self.filled, self.filled + start), x, y, slice(0, start))
@@ -273,12 +270,6 @@ class ShuffleBuffer:
         else:
             self.x[where] = x[rows]
         self.y[where] = y[rows]
-
-
-def _empty(x: Tensors, rows: int) -> Tensors:
-    if isinstance(x, dict):
-        return {k: v.new_empty((rows, *v.shape[1:])) for k, v in x.items()}
-    return x.new_empty((rows, *x.shape[1:]))
 
 
 def _rebatch(

@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from freestack import __version__, step_cache
@@ -127,11 +127,10 @@ def load_window(
 def window_columns(spec: PipelineSpec) -> list[str]:
     """The columns a training reads: the key, the features and the target."""
     schema = spec.source.schema_
+    columns = [schema.key, *spec.model_features, schema.target]
     if spec.model.generative and spec.train.objective == "grpo":  # the rewards see every column of a row
-        return list(
-            dict.fromkeys([schema.key, *spec.model_features, schema.target, *(c.name for c in schema.fields)])
-        )
-    return list(dict.fromkeys([schema.key, *spec.model_features, schema.target]))
+        columns += [c.name for c in schema.fields]
+    return list(dict.fromkeys(columns))
 
 
 def effective_spec(spec: PipelineSpec, req: TrainRequest) -> PipelineSpec:
@@ -309,23 +308,27 @@ def prepare(spec: PipelineSpec, end_ds: str, window=None, fixed: dict[str, Any] 
             f"the window up to {end_ds} has {sum(sizes.values())} rows: too few for train/val/test splits "
             f"({sizes['train']}/{sizes['val']}/{sizes['test']}); widen window_days"
         )
-    if spec.model.generative:
-        return _prepare_chats(spec, data, splits)
-    task = spec.task or _infer_task(spec, splits.values())
-    try:
-        pre = Preprocessing.fit_chunks(
-            splits["train"].chunks,
-            spec.model_features,
-            schema.target,
-            task,
-            spec.feature_kinds,
-            encoder_options(spec),
-        )
-    except EncodingError as exc:
-        raise TrainingError(f"pipeline {spec.name!r}: the training split cannot be encoded: {exc}") from None
     val, test = splits["val"], splits["test"]
-    if task == "classification":  # labels the training split never saw cannot be scored
-        val, test = val.where_in(schema.target, pre.classes), test.where_in(schema.target, pre.classes)
+    if spec.model.generative:
+        task, (pre, summary) = "generation", _prepare_chats(spec, data, splits)
+    else:
+        task = spec.task or _infer_task(spec, splits.values())
+        try:
+            pre = Preprocessing.fit_chunks(
+                splits["train"].chunks,
+                spec.model_features,
+                schema.target,
+                task,
+                spec.feature_kinds,
+                encoder_options(spec),
+            )
+        except EncodingError as exc:
+            raise TrainingError(
+                f"pipeline {spec.name!r}: the training split cannot be encoded: {exc}"
+            ) from None
+        if task == "classification":  # labels the training split never saw cannot be scored
+            val, test = val.where_in(schema.target, pre.classes), test.where_in(schema.target, pre.classes)
+        summary = data.summary()
     return Prepared(
         task,
         spec.model_features,
@@ -334,16 +337,17 @@ def prepare(spec: PipelineSpec, end_ds: str, window=None, fixed: dict[str, Any] 
         val,
         test,
         data.partitions,
-        data.summary(),
+        summary,
         t.data.shuffle_buffer,
         t.data.chunk_rows,
+        objective=t.objective,  # a language model's (check_trainable: sft for every other model)
     )
 
 
-def _prepare_chats(spec: PipelineSpec, data, splits: dict[str, Any]) -> Prepared:
-    """A text-generation window: the splits' conversations tokenized with the base's chat template (held in
-    memory: an instruction set is small next to the model). How many were cut to ``max_length``, or
-    dropped for having no answer token left, goes into the version's lineage."""
+def _prepare_chats(spec: PipelineSpec, data, splits: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A text-generation window's preprocessing and summary: the splits' conversations tokenized with the
+    base's chat template (held in memory: an instruction set is small next to the model). How many were
+    cut to ``max_length``, or dropped for having no answer token left, goes into the version's lineage."""
     pre = chat_encoding(spec)
     counts: dict[str, dict[str, int]] = {}
     for name, rows in splits.items():
@@ -366,20 +370,7 @@ def _prepare_chats(spec: PipelineSpec, data, splits: dict[str, Any]) -> Prepared
                 spec.model.max_length,
                 enc.dropped,
             )
-    summary = {**data.summary(), "conversations": counts}
-    return Prepared(
-        "generation",
-        spec.model_features,
-        pre,
-        splits["train"],
-        splits["val"],
-        splits["test"],
-        data.partitions,
-        summary,
-        spec.train.data.shuffle_buffer,
-        spec.train.data.chunk_rows,
-        objective=spec.train.objective,
-    )
+    return pre, {**data.summary(), "conversations": counts}
 
 
 def _splits(spec: PipelineSpec, data) -> dict[str, Any]:
@@ -525,21 +516,11 @@ def _build_custom(spec: PipelineSpec, inputs: ModelInputs):
 
 def loop_config(spec: PipelineSpec, req: TrainRequest | None = None):
     """The training loop's settings: the spec's ``train:`` block, and the request's kept metric."""
-    t = spec.train
+    names = {f.name for f in fields(TrainConfig)}  # the loop's settings of the same names
     return TrainConfig(
+        **spec.train.model_dump(include=names),
         keep_metric=req.keep_metric if req is not None else None,
         keep_higher=req.keep_higher if req is not None else None,
-        epochs=t.epochs,
-        learning_rate=t.learning_rate,
-        batch_size=t.batch_size,
-        weight_decay=t.weight_decay,
-        patience=t.patience,
-        grad_clip=t.grad_clip,
-        scheduler=t.scheduler,
-        warmup_epochs=t.warmup_epochs,
-        seed=t.seed,
-        device=t.device,
-        grad_accumulation=t.grad_accumulation,
     )
 
 
@@ -789,11 +770,6 @@ def _copy_base_files(spec: PipelineSpec, where: Places) -> None:
     _upload(folder, [n for n in names if os.path.exists(os.path.join(folder, n))], where)
 
 
-def _save_tokenizer(tokenizer, where: Places) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        _upload(tmp, save_tokenizer(tokenizer, tmp), where)
-
-
 def distributed_lineage(spec: PipelineSpec, world_size: int) -> dict[str, Any]:
     """How the version was trained: ranks, nodes, backend and strategy (one process: world size 1)."""
     d = spec.train.distributed
@@ -876,7 +852,8 @@ def _write_version(
     )
     write_preprocessing(where.version_dir, data.pre.as_dict())
     if spec.model.generative:  # the tokenizer with its chat template, and how generation stops
-        _save_tokenizer(data.pre.tokenizer, where)
+        with tempfile.TemporaryDirectory() as tmp:
+            _upload(tmp, save_tokenizer(data.pre.tokenizer, tmp), where)
     elif spec.model.type == "huggingface":
         # the base's tokenizer or image processor files, as transformers reads them
         _copy_base_files(spec, where)

@@ -30,6 +30,7 @@ from freestack.settings import environment as with_environment
 from freestack.spec import spec_from_text
 from freestack.storage import join, to_path, write_bytes
 from freestack.tracking.wandb import WandbSettings
+from freestack.train.manifests import rendezvous_id
 from freestack.train.request import TrainOutcome, TrainRequest, places
 
 if TYPE_CHECKING:
@@ -119,18 +120,15 @@ def launch_config(spec: PipelineSpec, req: TrainRequest, node_rank: int):
     """torch's ``LaunchConfig`` for this node: c10d rendezvous (one node: a free port on 127.0.0.1, as
     ``torchrun --standalone``), no restarts (Airflow's retry is the restart, and resumes from the
     checkpoint), the rendezvous bounded by ``timeout_seconds``."""
-    import re
-
     from torch.distributed.launcher.api import LaunchConfig
 
     d = spec.train.distributed
     endpoint = d.rendezvous if d.nodes > 1 else "127.0.0.1:0"
-    run_id = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{spec.name}-{req.run_key}")[-120:]
     return LaunchConfig(
         min_nodes=d.nodes,
         max_nodes=d.nodes,
         nproc_per_node=d.processes_per_node,
-        run_id=run_id,
+        run_id=rendezvous_id(spec.name, req.run_key),
         rdzv_backend="c10d",
         rdzv_endpoint=endpoint,
         max_restarts=0,

@@ -99,7 +99,7 @@ def job_name(pipeline: str, run_key: str) -> str:
 
 
 def rendezvous_id(pipeline: str, run_key: str) -> str:
-    """torchrun's ``--rdzv-id``, as the local launcher forms it (:func:`freestack.train.distributed.launch_config`)."""
+    """torchrun's ``--rdzv-id`` (the local launcher's too, :func:`freestack.train.distributed.launch_config`)."""
     return re.sub(r"[^A-Za-z0-9_-]+", "-", f"{pipeline}-{run_key}")[-120:]
 
 

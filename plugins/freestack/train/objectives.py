@@ -10,7 +10,7 @@ model. The checks of the objective's settings, before any data is read, and its 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -244,18 +244,9 @@ def judge_reward(spec: PipelineSpec, r, api_key: str | None) -> Reward:
 
 
 def grpo_settings(spec: PipelineSpec) -> GrpoSettings:
-    g = spec.train.grpo
-    return GrpoSettings(
-        num_generations=g.num_generations,
-        max_completion_length=g.max_completion_length,
-        temperature=g.temperature,
-        top_p=g.top_p,
-        beta=g.beta,
-        epsilon=g.epsilon,
-        loss=g.loss,
-        scale_rewards=g.scale_rewards,
-        rollouts=g.rollouts,
-    )
+    """``train.grpo``'s settings of the same names (TRL's)."""
+    names = {f.name for f in fields(GrpoSettings)}
+    return GrpoSettings(**spec.train.grpo.model_dump(include=names))
 
 
 def rollout_server(spec: PipelineSpec, key: str | None) -> RolloutServer | None:

@@ -133,12 +133,6 @@ def _session(job: KubeRef):
 # the job
 
 
-def get_job(job: KubeRef) -> dict[str, Any] | None:
-    """The PyTorchJob as stored, or None when it does not exist."""
-    with _session(job) as s:
-        return s.read()
-
-
 def delete_job(job: KubeRef) -> bool:
     """Delete the PyTorchJob and its pods; False when there was none."""
     return delete(job, session=_session)
@@ -200,7 +194,8 @@ def _replace_stale(s: _JobSession, wait_seconds: float) -> None:
 def _read_status(job: KubeRef, misses: int) -> tuple[dict[str, Any] | None, int]:
     """One status read; an unavailable API server counts a miss (a few in a row are tolerated)."""
     try:
-        obj = get_job(job)
+        with _session(job) as s:
+            obj = s.read()  # None: the job does not exist
     except PyTorchJobUnavailable as exc:
         if misses + 1 >= UNAVAILABLE_TOLERANCE:
             raise
@@ -243,30 +238,22 @@ def _logs_hint(name: str, namespace: str) -> str:
     )
 
 
-def failure_text(obj: dict[str, Any]) -> str:
-    """Why a job failed (the operator's condition), and where the ranks' logs are."""
-    meta = obj.get("metadata") or {}
-    name, namespace = meta.get("name"), meta.get("namespace")
-    _, reason, message = job_state(obj)
-    why = ": ".join(p for p in (reason, message) if p) or "no reason given"
-    return (
-        f"{KIND} {namespace}/{name} failed ({why}); every rank of this attempt was stopped, and a retry "
-        f"resumes from the last checkpoint. {_logs_hint(name, namespace)}"
-    )
-
-
 def job_progress(obj: dict[str, Any]) -> tuple[str, str]:
     """(status, message) of a stored job, as the trigger's event and the synchronous wait say it:
-    ``succeeded``, ``failed`` (with :func:`failure_text`), else its state in lower case (not final)."""
+    ``succeeded``, ``failed`` (why: the operator's condition, and where the ranks' logs are), else its
+    state in lower case (not final)."""
     meta = obj.get("metadata") or {}
-    what = f"{KIND} {meta.get('namespace')}/{meta.get('name')}"
+    name, namespace = meta.get("name"), meta.get("namespace")
     state, reason, message = job_state(obj)
-    if state == "Succeeded":
-        return "succeeded", f"{what} succeeded"
-    if state == "Failed":
-        return "failed", failure_text(obj)
     why = ": ".join(p for p in (reason, message) if p)
-    return state.lower(), f"{what} is {state}" + (f" ({why})" if why else "")
+    if state == "Succeeded":
+        return "succeeded", f"{KIND} {namespace}/{name} succeeded"
+    if state == "Failed":
+        return "failed", (
+            f"{KIND} {namespace}/{name} failed ({why or 'no reason given'}); every rank of this attempt was "
+            f"stopped, and a retry resumes from the last checkpoint. {_logs_hint(name, namespace)}"
+        )
+    return state.lower(), f"{KIND} {namespace}/{name} is {state}" + (f" ({why})" if why else "")
 
 
 def timeout_text(job: KubeRef, seconds: float, seen: str) -> str:
@@ -424,9 +411,7 @@ __all__ = [
     "PyTorchJobError",
     "PyTorchJobUnavailable",
     "delete_job",
-    "failure_text",
     "finish_on_kubernetes",
-    "get_job",
     "job_manifest",
     "job_progress",
     "run_on_kubernetes",

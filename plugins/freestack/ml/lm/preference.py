@@ -34,7 +34,7 @@ from torch import nn
 
 from freestack.ml.lm.causal import CausalLMNet
 from freestack.ml.lm.chat import IGNORE, ChatColumns, ChatError
-from freestack.ml.lm.prompts import ChatEncoding, Encoded, encode_chat
+from freestack.ml.lm.prompts import ChatEncoding, Encoded, encode_chat, pad_rows
 from freestack.ml.loop import Precision
 
 #: the loop's task of a preference-tuned model (its metrics: :data:`METRICS`)
@@ -201,14 +201,9 @@ def _answer_last(chat: list[dict[str, str]], name: str, index: int) -> None:
 
 def pad_pairs(pairs: list[list[tuple[list[int], list[int]]]], pad_id: int) -> Encoded:
     """Pairs right-padded to the longest answer of all: ``[rows, 2, width]`` ids, mask and labels."""
-    width = max((len(ids) for pair in pairs for ids, _ in pair), default=1)
-    ids = np.full((len(pairs), 2, width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(pairs), 2, width), dtype=np.int64)
-    labels = np.full((len(pairs), 2, width), IGNORE, dtype=np.int64)
-    for r, pair in enumerate(pairs):
-        for k, (i, lab) in enumerate(pair):
-            ids[r, k, : len(i)], mask[r, k, : len(i)], labels[r, k, : len(i)] = i, 1, lab
-    x = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    rows = pad_rows([answer for pair in pairs for answer in pair], 0, pad_id)  # chosen, rejected, chosen...
+    width = rows.y.shape[1]
+    x = {k: v.reshape(len(pairs), 2, width) for k, v in {**rows.x, "labels": rows.y}.items()}
     return Encoded(x, np.zeros((len(pairs), 2), dtype=np.float32))
 
 
