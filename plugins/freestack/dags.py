@@ -42,7 +42,7 @@ from freestack.score.operators import PlanScoreOperator, ScoreOperator, scores_a
 from freestack.serving.operators import DeployOperator
 from freestack.serving.spec import DEPLOY_PRIORITY, MOVE_PRIORITY, deploy_pool
 from freestack.settings import pipelines_dir
-from freestack.spec import PipelineSpec, discover_specs, load_spec, pipeline_dags
+from freestack.spec import PipelineSpec, discover_specs, load_spec, pipeline_dags, spec_file
 from freestack.sweeps.operators import (
     ChooseTrainingOperator,
     CreateSweepOperator,
@@ -88,14 +88,10 @@ def _cron(schedule: str) -> CronDataIntervalTimetable:
     return CronDataIntervalTimetable(schedule, timezone="UTC")
 
 
-def _start(spec: PipelineSpec) -> datetime:
-    return datetime(spec.start_date.year, spec.start_date.month, spec.start_date.day, tzinfo=UTC)
-
-
 def _common(spec: PipelineSpec, kind: str) -> dict[str, Any]:
     """What every DAG of a pipeline shares: start, owner, retries, tags."""
     return {
-        "start_date": _start(spec),
+        "start_date": datetime(spec.start_date.year, spec.start_date.month, spec.start_date.day, tzinfo=UTC),
         "default_args": {"owner": spec.owner, "retries": spec.retries, "retry_delay": spec.retry_delay},
         "tags": sorted({"freestack", kind, f"pipeline:{spec.name}", *spec.tags}),
     }
@@ -657,16 +653,15 @@ def _only_for_task(folder: Path) -> tuple[str, PipelineSpec, Any] | None:
     for kind, builder in _BUILDERS.items():
         if not dag_id.endswith(f"_{kind}"):
             continue
-        stem = dag_id[: -len(kind) - 1]
-        for path in (folder / f"{stem}.yaml", folder / f"{stem}.yml"):
-            if path.is_file():
-                try:
-                    spec = load_spec(path)
-                except SpecError:
-                    return None  # the full build reports it
-                if dag_id not in {d for d, _, _ in pipeline_dags(spec)}:
-                    return None
-                return str(path), spec, builder
+        path = spec_file(dag_id[: -len(kind) - 1], folder)
+        if path.is_file():
+            try:
+                spec = load_spec(path)
+            except SpecError:
+                return None  # the full build reports it
+            if dag_id not in {d for d, _, _ in pipeline_dags(spec)}:
+                return None
+            return str(path), spec, builder
     return None
 
 
@@ -684,8 +679,7 @@ def build_all(namespace: dict[str, Any], directory: str | Path | None = None) ->
     for stem, spec in discover_specs(folder).items():
         if isinstance(spec, SpecError):
             continue  # dags/freestack_spec_errors.py reports it; the other pipelines stay live
-        yaml_file = folder / f"{stem}.yaml"
-        path = str(yaml_file if yaml_file.exists() else folder / f"{stem}.yml")
+        path = str(spec_file(stem, folder))
         for _, kind, _ in pipeline_dags(spec):
             dag = _BUILDERS[kind](spec, path)
             namespace[dag.dag_id] = dag

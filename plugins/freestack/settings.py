@@ -33,9 +33,7 @@ class SettingsError(FreestackError):
 class Settings(BaseSettings):
     """The ``FREESTACK_*`` environment variables, grouped by the part of freestack that reads them."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=PREFIX, extra="ignore", frozen=True, str_strip_whitespace=True
-    )
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", frozen=True)
 
     # -- where things are ------------------------------------------------------------------------------
     home: Path | None = Field(

@@ -42,7 +42,6 @@ from freestack.sweeps.spec import DPO, EPOCH_METRICS, GRPO, INIT, PEFT, SweepSpe
 from freestack.train.spec import PRETRAINED_TASKS, ModelSpec, TrainSpec
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-TASKS = ("classification", "regression")
 #: the column types a model can take (freestack.ml.features encodes them)
 FEATURE_TYPES = ("int", "float", "bool", "category", "text", "image")
 
@@ -271,8 +270,10 @@ class PipelineSpec(SpecModel):
 
         for path in self.sweep.leaves():
             *parents, name = path.split(".")
-            if PEFT in parents:
-                self._check_peft_parameter(path, name)
+            if PEFT in parents and (self.model.type != "huggingface" or self.model.peft is None):
+                raise ValueError(
+                    f"sweep.parameters.{path}: peft.<setting> parameters are for model.type: huggingface with a peft block"
+                )
             for node in (DPO, GRPO):
                 if node in parents and self.train.objective != node:
                     raise ValueError(
@@ -290,12 +291,6 @@ class PipelineSpec(SpecModel):
                     f"({', '.join(self.model.init) or 'empty'}); give it a default there"
                 )
         return self
-
-    def _check_peft_parameter(self, path: str, name: str) -> None:
-        if self.model.type != "huggingface" or self.model.peft is None:
-            raise ValueError(
-                f"sweep.parameters.{path}: peft.<setting> parameters are for model.type: huggingface with a peft block"
-            )
 
     @model_validator(mode="after")
     def _metrics_fit_task(self) -> PipelineSpec:
@@ -592,17 +587,12 @@ class SpecLoader(_SAFE_LOADER):
         return key
 
 
-def load_yaml(text: str) -> object:
-    """A spec's YAML document, loaded safely; :class:`DuplicateKey` for a key written twice."""
-    return yaml.load(text, Loader=SpecLoader)  # noqa: S506 (a safe loader)
-
-
 def spec_from_text(text: str, path: str | os.PathLike) -> PipelineSpec:
     """The spec whose file ``path`` holds ``text`` (a process that got the text, not the file: a rank of a
     distributed training on another machine)."""
     p = Path(path)
     try:
-        data = load_yaml(text)
+        data = yaml.load(text, Loader=SpecLoader)  # noqa: S506 (a safe loader)
     except DuplicateKey as exc:
         raise SpecError(
             str(p),
@@ -645,13 +635,11 @@ def discover_specs(directory: str | os.PathLike | None = None) -> dict[str, Pipe
 __all__ = [
     "DEPLOYMENT_PORTS",
     "PIPELINE_DAGS",
-    "TASKS",
     "PipelineSpec",
     "DuplicateKey",
     "SpecLoader",
     "discover_specs",
     "load_spec",
-    "load_yaml",
     "parse_spec",
     "pipeline_dags",
     "port_overlap",

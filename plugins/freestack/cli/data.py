@@ -87,10 +87,6 @@ def data_api(
     return 0
 
 
-def _keystore(path: str | None):
-    return KeyStore(path) if path else KeyStore()
-
-
 @keys_app.command()
 def create(
     user: Annotated[
@@ -103,7 +99,7 @@ def create(
     json: Json = False,
 ) -> int:
     """Create an API key for USER; it is shown once."""
-    info, key = _keystore(keys).create_key(user, label=label)
+    info, key = KeyStore(keys or None).create_key(user, label=label)
     if json:
         print_json({**info.as_dict(), "key": key})
         return 0
@@ -127,7 +123,7 @@ def list_(
     json: Json = False,
 ) -> int:
     """API keys (ids, users, labels, states), never the keys themselves."""
-    found = _keystore(keys).list_keys(user, include_revoked=not active)
+    found = KeyStore(keys or None).list_keys(user, include_revoked=not active)
     if json:
         print_json([k.as_dict() for k in found])
         return 0
@@ -159,7 +155,7 @@ def revoke(
     json: Json = False,
 ) -> int:
     """Revoke an API key: requests with it are refused from then on."""
-    info = _keystore(keys).revoke(key_id)
+    info = KeyStore(keys or None).revoke(key_id)
     if json:
         print_json(info.as_dict())
         return 0
@@ -291,23 +287,14 @@ def get(
 
 def _copy(reader, writer, label: str, size: int) -> None:
     """Copy ``reader`` to ``writer`` in CHUNK-sized pieces, with a byte progress bar labelled ``label``."""
-    with progress(*_byte_columns()) as bar:
+    from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
+    with progress(*columns, TransferSpeedColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task(label, total=size)
         while chunk := reader.read(CHUNK):
             writer.write(chunk)
             bar.advance(task, len(chunk))
-
-
-def _byte_columns():
-    from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
-    return (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
 
 
 def split(

@@ -57,11 +57,6 @@ AllowBlocked = Annotated[
 ]
 
 
-def model_names(root) -> list[str]:
-    """The models with a folder under ``<root>/registry`` (:func:`freestack.registry.core.registered_models`)."""
-    return registered_models(root)
-
-
 def registry(model: str, root: str | None) -> ModelRegistry:
     """The registry of ``model`` (a pipeline name means its spec's root and model); :class:`CliError`
     naming the models there are when it has none."""
@@ -73,7 +68,7 @@ def registry(model: str, root: str | None) -> ModelRegistry:
     else:
         reg = ModelRegistry(storage_root(), model)
     if not reg.folder.exists():
-        names = model_names(reg.root)
+        names = registered_models(reg.root)
         hint = (
             f"models: {', '.join(names)}"
             if names
@@ -129,7 +124,7 @@ def list_(
 def _list_models(root: Any, json: bool) -> int:
     """Every model registered under ``root``: its number of versions, latest and production versions."""
     rows = []
-    for name in model_names(root):
+    for name in registered_models(root):
         reg = ModelRegistry(root, name)
         versions = reg.versions()
         latest = _latest(reg) if versions else None
@@ -249,10 +244,6 @@ def _details(console, info: dict[str, Any]) -> None:
     print(info["card"] or "(no model card)", flush=True)  # markdown as it is stored
 
 
-def _print_aliases(reg: ModelRegistry, aliases: dict[str, Any]) -> None:
-    out().print(f"{reg.model}: " + ", ".join(f"{k} -> {v}" for k, v in _shown(aliases).items()))
-
-
 Timeout = Annotated[float, typer.Option(help="Seconds to follow the DAG run before leaving it to go on.")]
 
 
@@ -281,7 +272,8 @@ def _move(
             f"move it through the pipeline's DAG run: freestack models {kind} PIPELINE ... (the pipeline "
             f"whose model is {reg.model}), or the Models page of the freestack views",
         )
-    _print_aliases(reg, direct(reg))
+    moved = _shown(direct(reg))
+    out().print(f"{reg.model}: " + ", ".join(f"{k} -> {v}" for k, v in moved.items()))
     return 0
 
 
@@ -443,4 +435,4 @@ def push(
     return 0
 
 
-__all__ = ["app", "gate_lines", "model_names", "registry"]
+__all__ = ["app", "gate_lines", "registry"]

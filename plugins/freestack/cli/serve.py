@@ -242,16 +242,12 @@ def predict(
         body, labels = sample_request(rec)
     code, answer = (keyed_post(deployment_key(rec)) or http_json)(rec["predict_url"], body, timeout=30)
     print(json.dumps(answer, indent=2) if isinstance(answer, dict) else answer, flush=True)
-    if (
-        code == 200
-        and isinstance(answer, dict)
-        and labels
-        and "completions" in (answer.get("jsonData") or {})
-    ):
-        out().print(f"evaluation's answer: {labels[0]!r}")
-    elif code == 200 and isinstance(answer, dict) and labels and not _generated(answer):
-        for label, (cls, p) in zip(labels, _predicted(answer), strict=False):
-            out().print(f"predicted {cls} (p={p:.3f}); true label {label}")
+    if code == 200 and isinstance(answer, dict) and labels:
+        if "completions" in (answer.get("jsonData") or {}):
+            out().print(f"evaluation's answer: {labels[0]!r}")
+        elif not _generated(answer):
+            for label, (cls, p) in zip(labels, _predicted(answer), strict=False):
+                out().print(f"predicted {cls} (p={p:.3f}); true label {label}")
     return 0 if code == 200 else 1
 
 

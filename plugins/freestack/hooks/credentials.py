@@ -39,7 +39,7 @@ def model_source(uri: str) -> tuple[str, dict[str, str]]:
         if "@" in head:
             conn_id, _, head = head.rpartition("@")
             path = head + sep + rest
-        hook = DataStoreHook(conn_id) if conn_id else DataStoreHook()
+        hook = DataStoreHook(conn_id)
         config = hook.config
         if config.is_remote_api:
             env = {"FREESTACK_DATA_API_URL": config.root}
@@ -62,15 +62,13 @@ def _aws_env(conn_id: str) -> dict[str, str]:
         cfg = hook.conn_config
     except Exception as exc:
         raise DeployError(f"cannot read the S3 connection {conn_id!r} for the model server: {exc}") from exc
-    env = {"AWS_ACCESS_KEY_ID": creds.access_key or "", "AWS_SECRET_ACCESS_KEY": creds.secret_key or ""}
-    if creds.token:
-        env["AWS_SESSION_TOKEN"] = creds.token
-    endpoint = getattr(cfg, "endpoint_url", None)
-    if endpoint:
-        env["AWS_ENDPOINT_URL_S3"] = endpoint
-    region = getattr(cfg, "region_name", None)
-    if region:
-        env["AWS_DEFAULT_REGION"] = region
+    env = {
+        "AWS_ACCESS_KEY_ID": creds.access_key,
+        "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+        "AWS_SESSION_TOKEN": creds.token,
+        "AWS_ENDPOINT_URL_S3": getattr(cfg, "endpoint_url", None),
+        "AWS_DEFAULT_REGION": getattr(cfg, "region_name", None),
+    }
     return {k: v for k, v in env.items() if v}
 
 

@@ -11,6 +11,7 @@ Tasks read it with :meth:`WandbHook.checked_settings`: a key the server rejects 
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 from airflow.sdk.bases.hook import BaseHook
@@ -42,7 +43,6 @@ class WandbHook(BaseHook):
     def __init__(self, wandb_conn_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.wandb_conn_id = wandb_conn_id or self.default_conn_name
-        self._settings: WandbSettings | None = None
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -57,11 +57,10 @@ class WandbHook(BaseHook):
 
     def settings(self) -> WandbSettings:
         """The resolved settings (read once per hook)."""
-        if self._settings is None:
-            self._settings = self._read_settings()
         return self._settings
 
-    def _read_settings(self) -> WandbSettings:
+    @cached_property
+    def _settings(self) -> WandbSettings:
         try:
             conn = self.get_connection(self.wandb_conn_id)
         except Exception as exc:  # AirflowNotFoundException, or no metadata/API to ask

@@ -27,8 +27,7 @@ from airflow.listeners import hookimpl
 from freestack.errors import SpecError
 from freestack.runtime import fits
 from freestack.serving.spec import deploy_pool
-from freestack.settings import pipelines_dir
-from freestack.spec import PipelineSpec, discover_specs, load_spec
+from freestack.spec import PipelineSpec, discover_specs, load_spec, spec_file
 from freestack.sweeps.core import default_pool_slots
 from freestack.sweeps.spec import POOL
 
@@ -77,9 +76,7 @@ def ensure_deploy_pool(model: str, session: Any = None) -> bool:
 
 def spec_models() -> list[str]:
     """The model of every valid spec in the pipelines folder."""
-    return sorted(
-        {s.model_name for s in discover_specs(pipelines_dir()).values() if isinstance(s, PipelineSpec)}
-    )
+    return sorted({s.model_name for s in discover_specs().values() if isinstance(s, PipelineSpec)})
 
 
 def model_of_dag(dag_id: str) -> str | None:
@@ -87,13 +84,11 @@ def model_of_dag(dag_id: str) -> str | None:
     stem, _, kind = dag_id.rpartition("_")
     if kind not in ("train", "rollback", "promote"):
         return None
-    for path in (pipelines_dir() / f"{stem}.yaml", pipelines_dir() / f"{stem}.yml"):
-        if path.is_file():
-            try:
-                return load_spec(path).model_name
-            except SpecError:
-                return None
-    return None
+    path = spec_file(stem)
+    try:
+        return load_spec(path).model_name if path.is_file() else None
+    except SpecError:
+        return None
 
 
 def _commands(models: list[str]) -> str:

@@ -314,24 +314,12 @@ def pareto_front(page: SweepPage) -> str:
     y, x = names
     on = sorted((t for t in scored if t.trial in page.front), key=lambda t: t.objectives[x])
     off = [t for t in scored if t.trial not in page.front]
-    best = next((t for t in scored if t.trial == page.sweep.best_trial), None)
+    best = [t for t in scored if t.trial == page.sweep.best_trial][:1]
+    star = {"color": "#d62728", "size": 18, "symbol": "star"}
     data = [
         _points("other trials", off, x, y, {"color": "#9ca3af", "size": 8}, "markers"),
         _points("Pareto front", on, x, y, {"color": "#d62728", "size": 10}, "lines+markers"),
-        *(
-            [
-                _points(
-                    f"candidate ({best.trial})",
-                    [best],
-                    x,
-                    y,
-                    {"color": "#d62728", "size": 18, "symbol": "star"},
-                    "markers",
-                )
-            ]
-            if best
-            else []
-        ),
+        *(_points(f"candidate ({t.trial})", [t], x, y, star, "markers") for t in best),
     ]
     goals = dict(page.objectives)
     layout = {
@@ -503,25 +491,10 @@ def drift_over_time(page: MonitoringPage) -> str | None:
         for k, name in enumerate(ranked)
     ]
     psi = page.thresholds.get("psi")
-    shapes = (
-        [
-            {
-                "type": "line",
-                "xref": "paper",
-                "x0": 0,
-                "x1": 1,
-                "y0": psi,
-                "y1": psi,
-                "line": {"color": "#d62728", "dash": "dash"},
-            }
-        ]
-        if psi is not None
-        else []
-    )
     layout = {
         **LAYOUT,
         "height": 360,
-        "shapes": shapes,
+        "shapes": _threshold(psi),
         "xaxis": {"title": {"text": "interval end"}},
         "yaxis": {"title": {"text": "PSI"}, "rangemode": "tozero"},
         "title": {
@@ -559,11 +532,7 @@ def text_signals_over_time(page: MonitoringPage) -> str | None:
         }
         for name in names
     ]
-    line = {"color": "#d62728", "dash": "dash"}
     mmd = page.min_mmd
-    shapes = [
-        {"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": mmd, "y1": mmd, "line": line}
-    ]
     axes = {
         ("yaxis" if k == "y" else f"yaxis{k[1:]}"): {"title": {"text": t}, "domain": d, "rangemode": "tozero"}
         for k, (t, d) in panels.items()
@@ -571,7 +540,7 @@ def text_signals_over_time(page: MonitoringPage) -> str | None:
     layout = {
         **LAYOUT,
         "height": 420 + 120 * ("y3" in panels),
-        "shapes": shapes if mmd is not None else [],
+        "shapes": _threshold(mmd, yref="y"),
         "xaxis": {"title": {"text": "interval end"}, "anchor": list(panels)[-1]},
         **axes,
         "title": {
@@ -581,6 +550,14 @@ def text_signals_over_time(page: MonitoringPage) -> str | None:
         },
     }
     return _figure(data, layout)
+
+
+def _threshold(y: float | None, **ref: str) -> list[dict[str, Any]]:
+    """A dashed red line across the plot at ``y`` (``ref``: its ``yref``, the axis); none without a threshold."""
+    if y is None:
+        return []
+    dash = {"color": "#d62728", "dash": "dash"}
+    return [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, **ref, "y0": y, "y1": y, "line": dash}]
 
 
 def _panel(signal: str) -> str:

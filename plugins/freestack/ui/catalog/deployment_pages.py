@@ -118,9 +118,8 @@ def _openai(record: dict[str, Any]) -> dict[str, str]:
         record.get("target", "local") != "local"
         or record.get("runtime") != "mlserver"
         or not record.get("url")
+        or not record.get("version_uri")
     ):
-        return {}
-    if not record.get("version_uri"):
         return {}
     pre = read_many(to_path(record["version_uri"]), [PREPROCESSING]).get(PREPROCESSING) or {}
     if pre.get("task") != "generation":

@@ -63,16 +63,9 @@ def feature_inputs(
     first test row when there is one."""
     kinds = lineage.get("features") or {f: "float" for f in pre.get("features") or []}
     categories = ((pre.get("encoder") or {}).get("category")) or {}
-    first = (
-        dict(zip(sample.get("features") or [], (sample.get("rows") or [[]])[0], strict=False))
-        if sample
-        else {}
-    )
-    order = [
-        *(sample or {}).get("features", []),
-        *(pre.get("features") or []),
-        *kinds,
-    ]  # the model's order first
+    sample = sample or {}
+    first = dict(zip(sample.get("features") or [], (sample.get("rows") or [[]])[0], strict=False))
+    order = [*sample.get("features", []), *(pre.get("features") or []), *kinds]  # the model's order first
     out = []
     for name in [n for n in dict.fromkeys(order) if n in kinds]:
         kind = kinds[name]
