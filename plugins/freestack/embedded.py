@@ -116,13 +116,10 @@ def airflow_env() -> dict[str, str]:
         ("WANDB_CACHE_DIR", "cache"),
         ("WANDB_CONFIG_DIR", "config"),
     ):
-        defaults[key] = str(wandb_home / sub) if sub else str(wandb_home)
+        defaults[key] = str(wandb_home / sub)
     # SQLite metadata (the default): writers wait for the lock instead of failing after 5 s
     defaults.update(settings_for(os.environ.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")))
-    env = dict(os.environ)
-    for k, v in defaults.items():
-        env.setdefault(k, v)
-    return env
+    return {**defaults, **os.environ}
 
 
 def standalone_env(env: dict[str, str]) -> dict[str, str]:
@@ -152,8 +149,6 @@ def ensure_migrated(env: dict[str, str]) -> None:
     """Create or upgrade the embedded SQLite metadata database when it has no schema yet (a fresh
     clone, or a file left by a command that ran before ``airflow db migrate``). Other databases are
     the operator's to migrate."""
-    import sqlite3
-
     conn = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN")
     if conn and not conn.startswith("sqlite"):
         return

@@ -356,7 +356,8 @@ def _get_sync(svc: _Service, key: str | None, rel: str, display: str, head: bool
     return _open_file(fs, rel, info, head, range_header)
 
 
-def _check_writable(svc: _Service, fs, rel: str, user: str | None, display: str) -> None:
+def _check_writable(svc: _Service, fs, rel: str, user: str | None, display: str) -> dict[str, Any] | None:
+    """WRITE first (a refusal tells nothing about what is there), then no directory in the way: what is there."""
     if _depth(rel) < 3:
         raise ApiError(
             400, f"{display} is not a file path: files live in a collection (<owner>/<collection>/<name>)"
@@ -365,6 +366,7 @@ def _check_writable(svc: _Service, fs, rel: str, user: str | None, display: str)
     info = _info(svc, fs, rel, user)
     if info is not None and info.get("type") == "directory":
         raise ApiError(409, f"{display} is a directory; delete it first or choose another name")
+    return info
 
 
 def _listing(svc: _Service, fs, rel: str, user: str | None, marker: str | None, want_acl: bool) -> dict:
@@ -521,11 +523,7 @@ def _begin_put(svc: _Service, key: str | None, rel: str, display: str, if_absent
     """Who is asking, may they write, is the name free: then the atomic writer (one thread hop)."""
     user = _authenticate(svc, key)
     fs = svc.fs_for(user)
-    resolved = fs.resolve(rel)
-    fs.check(resolved, WRITE)  # first: a refusal is about writing, and tells nothing about what is there
-    info = _info(svc, fs, rel, user)
-    if info is not None and info.get("type") == "directory":
-        raise ApiError(409, f"{display} is a directory; delete it first or choose another name")
+    info = _check_writable(svc, fs, rel, user, display)  # _put checked the depth already
     if if_absent and info is not None:
         raise ApiError(412, EXISTS.format(display))
     # the temporary is journalled before it exists, so a kill -9 at any moment leaves nothing unlisted;
@@ -540,7 +538,7 @@ def _begin_put(svc: _Service, key: str | None, rel: str, display: str, if_absent
             if done is not None:
                 done()
         raise
-    return svc.versions.writer(writer, resolved, on_done=untrack[0] if untrack else None)
+    return svc.versions.writer(writer, fs.resolve(rel), on_done=untrack[0] if untrack else None)
 
 
 async def _feed(queue: asyncio.Queue, item, worker: asyncio.Task) -> None:

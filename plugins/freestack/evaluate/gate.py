@@ -163,42 +163,16 @@ def cost_reasons(gate: GateSpec, costs: dict[str, Any] | None) -> list[tuple[str
     train, serving = costs.get("train") or {}, costs.get("serving") or {}
     unserved = f"not measured ({serving['error']})" if "error" in serving else "not measured"
     remeasure = f"{unserved}: evaluate it with deploy.measure.enabled (and FREESTACK_MEASURE_SERVING on)"
-    rules = [
-        (
-            "max_model_mb",
-            "model_mb",
-            costs.get("model_mb"),
-            gate.max_model_mb,
-            "MB",
-            "retrain it to measure it",
-        ),
-        (
-            "max_train_cost",
-            "train cost",
-            train.get("cost"),
-            gate.max_train_cost,
-            train.get("currency", ""),
-            "retrain it to measure it",
-        ),
-        (
-            "max_latency_p99_ms",
-            "latency_p99",
-            serving.get("latency_p99_ms"),
-            gate.max_latency_p99_ms,
-            "ms",
-            remeasure,
-        ),
-        (
-            "max_peak_memory_mb",
-            "serving peak memory",
-            serving.get("peak_memory_mb"),
-            gate.max_peak_memory_mb,
-            "MB",
-            remeasure,
-        ),
+    retrain, currency = "retrain it to measure it", train.get("currency", "")
+    rules = [  # (the gate's rule, the figure, its value, unit, how to record it)
+        ("max_model_mb", "model_mb", costs.get("model_mb"), "MB", retrain),
+        ("max_train_cost", "train cost", train.get("cost"), currency, retrain),
+        ("max_latency_p99_ms", "latency_p99", serving.get("latency_p99_ms"), "ms", remeasure),
+        ("max_peak_memory_mb", "serving peak memory", serving.get("peak_memory_mb"), "MB", remeasure),
     ]
     out = []
-    for rule, name, value, bar, unit, fix in rules:
+    for rule, name, value, unit, fix in rules:
+        bar = getattr(gate, rule)
         if bar is None:
             continue
         if value is None:

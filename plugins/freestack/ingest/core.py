@@ -363,16 +363,8 @@ class IngestResult:
             if quarantine is None
             else {"name": quarantine_name(quarantine[0]), "sha256": quarantine[0], "size": quarantine[1]}
         )
-        record = {
-            "pipeline": self.pipeline,
-            "ds": self.ds,
-            "rows_in": self.rows_in,
-            "rows_good": self.rows_good,
-            "rows_quarantined": self.rows_quarantined,
-            "sources": self.sources,
-            "spec_hash": self.spec_hash,
-            "quarantine": q,
-        }
+        kept = ("pipeline", "ds", "rows_in", "rows_good", "rows_quarantined", "sources", "spec_hash")
+        record = {**{k: getattr(self, k) for k in kept}, "quarantine": q}
         self.footer = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
         return self.footer
 

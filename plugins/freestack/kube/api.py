@@ -234,12 +234,10 @@ def api_session(
     where = {"host": session.host, "ref": ref}
     try:
         yield session
-    except ApiException as exc:
-        if not exc.status:  # the client's own failure (TLS handshake, ...), not an answer
-            raise unavailable(unreachable_text(exc, kind=words.kind, action=session.action, **where)) from exc
-        retry, text = answer_text(words, exc.status, exc.reason, exc.body, action=session.action, **where)
-        raise (unavailable if retry else error)(text, status=exc.status) from exc
-    except (HTTPError, OSError) as exc:
+    except (ApiException, HTTPError, OSError) as exc:
+        if isinstance(exc, ApiException) and exc.status:  # an answer (else the client's own failure: TLS...)
+            retry, text = answer_text(words, exc.status, exc.reason, exc.body, action=session.action, **where)
+            raise (unavailable if retry else error)(text, status=exc.status) from exc
         raise unavailable(unreachable_text(exc, kind=words.kind, action=session.action, **where)) from exc
     finally:
         api_client.close()

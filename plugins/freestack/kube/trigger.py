@@ -126,18 +126,11 @@ class CustomObjectTrigger(BaseTrigger):
 
     # the loop ---------------------------------------------------------------------------------------
 
-    def _event(self, status: str, message: str) -> TriggerEvent:
-        payload = {
-            "status": status,
-            "message": message,
-            "name": self.ref.name,
-            "namespace": self.ref.namespace,
-        }
-        return TriggerEvent(payload)
-
     async def run(self) -> AsyncIterator[TriggerEvent]:
         status, message = await self._wait()
-        yield self._event(status, message)
+        yield TriggerEvent(
+            {"status": status, "message": message, "name": self.ref.name, "namespace": self.ref.namespace}
+        )
 
     async def _wait(self) -> tuple[str, str]:
         """Look until done or the deadline: the deadline is checked after each look, so a deadline already

@@ -466,26 +466,9 @@ class ModelRegistry:
         With ``expect`` (a version, or None for "no production yet"), the move happens only while
         production is still that version, in the same compare-and-swap: else :class:`AliasMoved`.
         A version the gate blocked moves only with ``allow_blocked`` saying why (:meth:`_override`)."""
-        version = self._require_committed(self.resolve(version_or_alias))
-        lineage = self.lineage(version)
-
-        def change(a: dict[str, Any]) -> dict[str, Any]:
-            self._still("production", a, expect, version)
-            old = a.get("production")
-            if old == version:
-                return a
-            override = self._override("production", version, a, lineage, allow_blocked)
-            if old:
-                a["previous"] = old
-            a["production"] = version
-            a.setdefault("history", []).append(
-                _event("promote", "production", version, old, reason, by, override)
-            )
-            return a
-
-        out = self._move(change)
-        log.info("model %s: production -> %s (previous %s)", self.model, version, out.get("previous"))
-        return out
+        return self.set_alias(
+            "production", version_or_alias, reason=reason, by=by, expect=expect, allow_blocked=allow_blocked
+        )
 
     def set_alias(
         self,
@@ -497,16 +480,14 @@ class ModelRegistry:
         expect: str | None | bool = False,
         allow_blocked: str | None = None,
     ) -> dict[str, Any]:
-        """Point ``alias`` at a registered version (``production`` behaves as :meth:`promote`); with
-        ``expect``, only while the alias is still that version (else :class:`AliasMoved`). A version the
-        gate blocked takes it only with ``allow_blocked`` saying why (:meth:`_override`)."""
+        """Point ``alias`` at a registered version (``production`` behaves as :meth:`promote`: previous ←
+        the old production); with ``expect``, only while the alias is still that version (else
+        :class:`AliasMoved`). A version the gate blocked takes it only with ``allow_blocked`` saying why
+        (:meth:`_override`)."""
         check_alias(alias)
-        if alias == "production":
-            return self.promote(
-                version_or_alias, reason=reason, by=by, expect=expect, allow_blocked=allow_blocked
-            )
         version = self._require_committed(self.resolve(version_or_alias))
         lineage = self.lineage(version)
+        production = alias == "production"
 
         def change(a: dict[str, Any]) -> dict[str, Any]:
             self._still(alias, a, expect, version)
@@ -514,11 +495,18 @@ class ModelRegistry:
             if old == version:
                 return a
             override = self._override(alias, version, a, lineage, allow_blocked)
+            if production and old:
+                a["previous"] = old
             a[alias] = version
-            a.setdefault("history", []).append(_event("set", alias, version, old, reason, by, override))
+            a.setdefault("history", []).append(
+                _event("promote" if production else "set", alias, version, old, reason, by, override)
+            )
             return a
 
-        return self._move(change)
+        out = self._move(change)
+        if production:
+            log.info("model %s: production -> %s (previous %s)", self.model, version, out.get("previous"))
+        return out
 
     def rollback(
         self,

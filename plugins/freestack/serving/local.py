@@ -248,11 +248,6 @@ def _release(address: Address) -> None:
         stop_holder(address.holder_pid)
 
 
-def _unchanged(live: dict[str, Any], version: str, local: LocalTarget) -> bool:
-    """The live server serves ``version`` at ``local``'s address, and answers."""
-    return live.get("version") == version and _same_place(live, local)
-
-
 def _same_place(live: dict[str, Any], local: LocalTarget) -> bool:
     """The live server is at ``local``'s address and ports, and answers."""
     same = live.get("port") == local.port and live.get("host") == local.host
@@ -323,9 +318,9 @@ def _still_serves(
     """The live server is the deploy asked for (version, place, runtime, key) and still answers the
     version's smoke test at the deployment's address (a live process whose model cannot answer any more
     is deployed again, saying why)."""
-    if not (_unchanged(live, version, local) and live.get("runtime", "seldon") == runtime):
+    if live.get("version") != version or live.get("runtime", "seldon") != runtime:
         return False
-    if not same_key(live, api_key):
+    if not (_same_place(live, local) and same_key(live, api_key)):
         return False
     try:
         _smoke_at(live["url"], runtime, live["model"], sample, api_key)

@@ -617,16 +617,12 @@ class DeploySpec(SpecModel):
     @model_validator(mode="after")
     def _ports(self) -> DeploySpec:
         port, mp, gp = self.local.port, self.local.metrics_port, self.local.grpc_port
-        if mp is not None and port - 1 <= mp <= port + 2:
-            raise ValueError(
-                f"deploy.local.metrics_port {mp} collides with the serving ports (port, port + 1, port + 2) "
-                "or the green metrics port (metrics_port + 1): choose one outside port - 1 .. port + 2"
-            )
-        if gp is not None and port - 1 <= gp <= port + 2:
-            raise ValueError(
-                f"deploy.local.grpc_port {gp} collides with the serving ports (port, port + 1, port + 2) or "
-                "the green gRPC port (grpc_port + 1): choose one outside port - 1 .. port + 2"
-            )
+        for field, value, what in (("metrics_port", mp, "metrics"), ("grpc_port", gp, "gRPC")):
+            if value is not None and port - 1 <= value <= port + 2:
+                raise ValueError(
+                    f"deploy.local.{field} {value} collides with the serving ports (port, port + 1, port + 2) "
+                    f"or the green {what} port ({field} + 1): choose one outside port - 1 .. port + 2"
+                )
         if gp is not None and mp is not None and abs(gp - mp) <= 1:
             raise ValueError(
                 f"deploy.local.grpc_port {gp} and metrics_port {mp} overlap (blue uses each, green each "

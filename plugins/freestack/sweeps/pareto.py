@@ -47,17 +47,13 @@ def distributions(config: SweepSpec) -> dict[str, Any]:
     return out
 
 
-def _is_scalar(value: Any) -> bool:
-    return value is None or isinstance(value, bool | int | float | str)
-
-
 def _encoded(config: SweepSpec) -> set[str]:
     """The leaves whose values Optuna keeps as JSON text (a list or mapping among them)."""
-    return {path for path, p in config.leaves().items() if not all(_is_scalar(v) for v in p.values or [])}
-
-
-def _fixed(config: SweepSpec) -> dict[str, Any]:
-    return {path: p.value for path, p in config.leaves().items() if p.value is not None}
+    return {
+        path
+        for path, p in config.leaves().items()
+        if not all(v is None or isinstance(v, bool | int | float | str) for v in p.values or [])
+    }
 
 
 def study_of(config: SweepSpec, trials: list[dict[str, Any]], seed: int | None = None):
@@ -67,10 +63,14 @@ def study_of(config: SweepSpec, trials: list[dict[str, Any]], seed: int | None =
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     goals = [goal for _, goal in objectives(config)]
-    if config.method == "nsga2":
-        sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=_population(config))
-    else:
-        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=_startup(config))
+    trials_cap = int(config.run_cap or 8)
+    if (
+        config.method == "nsga2"
+    ):  # a generation: a quarter of the trials, at least 2, at most Optuna's default 50
+        sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, min(50, trials_cap // 4)))
+    else:  # random trials before TPE models: a third of the trials, at least 2, at most its default 10
+        startup = max(2, min(10, trials_cap // 3))
+        sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=startup)
     study = optuna.create_study(directions=goals, sampler=sampler)
     dists = distributions(config)
     encoded = _encoded(config)
@@ -98,23 +98,14 @@ def study_of(config: SweepSpec, trials: list[dict[str, Any]], seed: int | None =
     return study
 
 
-def _population(config: SweepSpec) -> int:
-    """NSGA-II's generation: a quarter of the trials, at least 2 and at most Optuna's default 50."""
-    return max(2, min(50, int(config.run_cap or 8) // 4))
-
-
-def _startup(config: SweepSpec) -> int:
-    """TPE's random trials before it models: a third of the trials, at least 2 and at most its default 10."""
-    return max(2, min(10, int(config.run_cap or 8) // 3))
-
-
 def suggest(config: SweepSpec, trials: list[dict[str, Any]], seed: int) -> dict[str, Any]:
     """The next trial's config, in the W&B engine's form (``{"lr": {"value": 0.1}, "model": {"value":
     {"dropout": 0.2}}}``): the method's sampler on the trials so far, seeded for the trial's number."""
     dists = distributions(config)
     asked = study_of(config, trials, seed).ask(dists).params
     encoded = _encoded(config)
-    chosen = {**_fixed(config), **{k: json.loads(v) if k in encoded else v for k, v in asked.items()}}
+    fixed = {path: p.value for path, p in config.leaves().items() if p.value is not None}
+    chosen = {**fixed, **{k: json.loads(v) if k in encoded else v for k, v in asked.items()}}
     out: dict[str, Any] = {}
     for path, value in chosen.items():
         head, *rest = path.split(".")
@@ -144,7 +135,8 @@ def choose(config: SweepSpec, rows: list[dict[str, Any]]) -> tuple[dict[str, Any
     if rule.weights:
         scores = _scores(kept, rule.weights, goals)
         best = max(kept, key=lambda r: scores[r["trial"]])
-        why = f"the highest weighted score {scores[best['trial']]:.4f} ({_weights(rule.weights)})"
+        weights = ", ".join(f"{w:g} x {name}" for name, w in rule.weights.items())
+        why = f"the highest weighted score {scores[best['trial']]:.4f} ({weights})"
     else:
         name = rule.best
         pick = max if goals[name] == "maximize" else min
@@ -177,10 +169,6 @@ def _scores(rows: list[dict[str, Any]], weights: dict[str, float], goals: dict[s
             scaled = 0.5 if hi == lo else (r[name] - lo) / (hi - lo)
             scores[r["trial"]] += w * (scaled if goals[name] == "maximize" else 1 - scaled)
     return scores
-
-
-def _weights(weights: dict[str, float]) -> str:
-    return ", ".join(f"{w:g} x {name}" for name, w in weights.items())
 
 
 def _limits(limits: dict[str, CandidateLimit]) -> str:

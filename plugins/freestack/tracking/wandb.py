@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 from freestack.errors import FreestackError
 from freestack.settings import project_home
 from freestack.storage import to_path
-from freestack.tracking.offline import write_card
+from freestack.tracking.offline import sync_command, write_card
 
 log = logging.getLogger(__name__)
 #: wandb's own terminal messages, at their level (info, warning, error); see :func:`route_console`
@@ -274,7 +273,7 @@ class TrackingRun:
     def sync_command(self) -> str | None:
         if self._mode != "offline" or not self.run_dir:
             return None
-        return f"wandb sync {shlex.quote(self.run_dir)}"
+        return sync_command(self.run_dir)
 
     @property
     def project(self) -> str | None:
@@ -544,16 +543,14 @@ def start_run(
     kwargs = dict(
         project=project, name=name, config=config, tags=tags, group=group, job_type=job_type, run_id=run_id
     )
-    mode: Mode = settings.mode
-
-    if mode == "disabled":
+    if settings.mode == "disabled":
         run = _init("disabled", settings, None, **kwargs)
         return TrackingRun(run, mode="disabled", project=project, entity=settings.entity)
 
     root = Path(run_dir).expanduser().resolve() if run_dir else wandb_root()
     root.mkdir(parents=True, exist_ok=True)
 
-    if mode == "online":
+    if settings.mode == "online":
         problem = verify_api_key(settings) if settings.api_key else "no API key"
         if problem is None:
             try:
