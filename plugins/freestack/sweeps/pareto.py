@@ -64,11 +64,11 @@ def study_of(config: SweepSpec, trials: list[dict[str, Any]], seed: int | None =
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     goals = [goal for _, goal in objectives(config)]
     trials_cap = int(config.run_cap or 8)
-    if (
-        config.method == "nsga2"
-    ):  # a generation: a quarter of the trials, at least 2, at most Optuna's default 50
+    if config.method == "nsga2":
+        # a generation: a quarter of the trials, at least 2, at most Optuna's default 50
         sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=max(2, min(50, trials_cap // 4)))
-    else:  # random trials before TPE models: a third of the trials, at least 2, at most its default 10
+    else:
+        # random trials before TPE models: a third of the trials, at least 2, at most its default 10
         startup = max(2, min(10, trials_cap // 3))
         sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=startup)
     study = optuna.create_study(directions=goals, sampler=sampler)

@@ -283,10 +283,9 @@ class FreestackRuntime(OpenAIRoutes, MLModel):
                 f"the inputs must be the model's features, one tensor each: unknown {unknown[:10]}, "
                 f"missing {missing[:10]}"
             )
-        kinds = dict(columns or ())  # a model of numbers: every feature numeric
+        kinds = dict(columns) if columns is not None else dict.fromkeys(expected, "numeric")
         cols = [
-            _column(by_name[n], numeric=kinds.get(n, "numeric") == "numeric", image=kinds.get(n) == "image")
-            for n in expected
+            _column(by_name[n], numeric=kinds[n] == "numeric", image=kinds[n] == "image") for n in expected
         ]
         _same_rows(expected, cols)
         if columns is None:
